@@ -1,0 +1,328 @@
+"""Video autoencoders: the `Autoencoder` interface, a small built-in one, streaming wrappers and I/O.
+
+Pixel layout: frames are float tensors (B, 3, T, H, W) in [-1, 1].
+Latent layout: (B, C, F, h, w) with F = T / temporal_factor, h = H / spatial_factor, w = W / spatial_factor.
+
+`TinyAutoencoder` folds each group of `temporal_factor` frames into channels and runs a plain 2D conv
+encoder/decoder on it, so every latent frame depends on exactly one group of frames (no state between
+groups). Streaming encode/decode therefore gives the same result as the offline call on the whole clip.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from framecast.errors import InputError, ModelLoadError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TINY_KIND = "tiny_autoencoder"
+
+
+@runtime_checkable
+class Autoencoder(Protocol):
+    """What the engine needs from a video autoencoder.
+
+    `encode`: frames (B, 3, T, H, W) in [-1, 1] -> latent (B, C, T / tf, H / sf, W / sf).
+    `decode`: latent (B, C, F, h, w) -> frames (B, 3, F * tf, h * sf, w * sf) in [-1, 1].
+    """
+
+    def encode(self, frames: Tensor) -> Tensor: ...
+
+    def decode(self, latent: Tensor) -> Tensor: ...
+
+    @property
+    def temporal_factor(self) -> int: ...
+
+    @property
+    def spatial_factor(self) -> int: ...
+
+    @property
+    def latent_channels(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    """Hyper-parameters of `TinyAutoencoder`.
+
+    `spatial_factor` must be a power of 2 (one stride-2 stage per factor of 2); `width` is the number of
+    conv channels inside the encoder and decoder.
+    """
+
+    in_channels: int = 3
+    latent_channels: int = 8
+    spatial_factor: int = 8
+    temporal_factor: int = 4
+    width: int = 32
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InputError(f"AutoencoderConfig.{f.name} must be a positive integer, got {value!r}")
+        if self.spatial_factor & (self.spatial_factor - 1):
+            raise InputError(f"spatial_factor must be a power of 2, got {self.spatial_factor}")
+
+    def to_dict(self) -> dict[str, int]:
+        """Plain JSON-able dict of the fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AutoencoderConfig:
+        """Build a config from `to_dict()` output; unknown keys or bad values raise `ModelLoadError`."""
+        if not isinstance(data, dict):
+            raise ModelLoadError(f"autoencoder config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ModelLoadError(f"unknown autoencoder config keys {unknown}; expected only {sorted(known)}")
+        try:
+            return cls(**data)
+        except InputError as err:
+            raise ModelLoadError(str(err)) from err
+
+
+def _stages(config: AutoencoderConfig) -> int:
+    """Number of stride-2 stages: log2(spatial_factor)."""
+    return int(math.log2(config.spatial_factor))
+
+
+def _build_encoder(config: AutoencoderConfig) -> nn.Sequential:
+    """(N, in_channels * tf, H, W) -> (N, latent_channels, H / sf, W / sf)."""
+    width = config.width
+    layers: list[nn.Module] = [nn.Conv2d(config.in_channels * config.temporal_factor, width, 3, padding=1)]
+    for _ in range(_stages(config)):
+        layers += [nn.SiLU(), nn.Conv2d(width, width, 3, stride=2, padding=1)]
+    layers += [nn.SiLU(), nn.Conv2d(width, config.latent_channels, 3, padding=1)]
+    return nn.Sequential(*layers)
+
+
+def _build_decoder(config: AutoencoderConfig) -> nn.Sequential:
+    """(N, latent_channels, h, w) -> (N, in_channels * tf, h * sf, w * sf), tanh output in [-1, 1]."""
+    width = config.width
+    layers: list[nn.Module] = [nn.Conv2d(config.latent_channels, width, 3, padding=1)]
+    for _ in range(_stages(config)):
+        layers += [nn.SiLU(), nn.Upsample(scale_factor=2.0), nn.Conv2d(width, width, 3, padding=1)]
+    out_channels = config.in_channels * config.temporal_factor
+    layers += [nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1), nn.Tanh()]
+    return nn.Sequential(*layers)
+
+
+def _check_rank(x: object, name: str, layout: str) -> Tensor:
+    """Raise `InputError` unless `x` is a 5-D floating tensor."""
+    if not isinstance(x, Tensor) or x.dim() != 5:
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise InputError(f"{name} must be a 5-D tensor {layout}, got {got}")
+    if not x.is_floating_point():
+        raise InputError(f"{name} must be a floating-point tensor {layout}, got dtype {x.dtype}")
+    return x
+
+
+def check_frames(frames: object, ae: Autoencoder, channels: int = 3, whole_groups: bool = True) -> Tensor:
+    """Validate pixel frames (B, channels, T, H, W) for `ae`; raise `InputError` naming the problem."""
+    x = _check_rank(frames, "frames", "(B, 3, T, H, W)")
+    _, c, t, h, w = x.shape
+    sf, tf = ae.spatial_factor, ae.temporal_factor
+    if c != channels:
+        raise InputError(f"frames must have {channels} channels in dim 1 (B, 3, T, H, W), got {c}")
+    if h % sf or w % sf or h == 0 or w == 0:
+        raise InputError(f"frame height and width must be positive multiples of {sf}, got {h}x{w}")
+    if whole_groups and (t == 0 or t % tf):
+        raise InputError(f"frame count T must be a positive multiple of temporal_factor={tf}, got {t}")
+    return x
+
+
+class TinyAutoencoder(nn.Module):
+    """Small conv autoencoder: each group of `temporal_factor` frames maps to one latent frame.
+
+    Frames (B, 3, T, H, W) in [-1, 1] <-> latent (B, latent_channels, T / tf, H / sf, W / sf).
+    """
+
+    def __init__(self, config: AutoencoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config if config is not None else AutoencoderConfig()
+        self.encoder = _build_encoder(self.config)
+        self.decoder = _build_decoder(self.config)
+
+    @property
+    def temporal_factor(self) -> int:
+        return self.config.temporal_factor
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.config.spatial_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    def _param(self) -> Tensor:
+        return next(self.parameters())
+
+    def encode(self, frames: Tensor) -> Tensor:
+        """Frames (B, 3, T, H, W) in [-1, 1] -> latent (B, C, T / tf, H / sf, W / sf)."""
+        x = check_frames(frames, self, self.config.in_channels).to(self._param())
+        b, c, t, h, w = x.shape
+        tf = self.temporal_factor
+        x = x.reshape(b, c, t // tf, tf, h, w).permute(0, 2, 1, 3, 4, 5)  # (B, F, C, tf, H, W)
+        z: Tensor = self.encoder(x.reshape(b * (t // tf), c * tf, h, w))  # (B*F, C_lat, h, w)
+        return z.reshape(b, t // tf, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C_lat, F, h, w)
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """Latent (B, C, F, h, w) -> frames (B, 3, F * tf, h * sf, w * sf) in [-1, 1]."""
+        z = _check_rank(latent, "latent", "(B, C, F, h, w)").to(self._param())
+        b, c, f, h, w = z.shape
+        if c != self.latent_channels:
+            raise InputError(f"latent must have {self.latent_channels} channels in dim 1, got {c}")
+        z = z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (B*F, C, h, w)
+        x: Tensor = self.decoder(z)  # (B*F, 3*tf, H, W)
+        tf, out_c = self.temporal_factor, self.config.in_channels
+        x = x.reshape(b, f, out_c, tf, *x.shape[2:]).permute(0, 2, 1, 3, 4, 5)  # (B, 3, F, tf, H, W)
+        return x.reshape(b, out_c, f * tf, *x.shape[4:])  # (B, 3, T, H, W)
+
+
+class StreamEncoder:
+    """Encode frames as they arrive: buffers a partial group of frames between calls.
+
+    `push` takes frames (B, 3, T, H, W) in [-1, 1] with any T and returns the latent (B, C, F, h, w) of
+    every group of `temporal_factor` frames completed so far, or None. Results equal `ae.encode` on the
+    whole clip. Runs without autograd.
+    """
+
+    def __init__(self, ae: Autoencoder) -> None:
+        self.ae = ae
+        self._pending: Tensor | None = None  # (B, 3, T_pending, H, W), T_pending < tf
+
+    def reset(self) -> None:
+        """Drop any buffered frames."""
+        self._pending = None
+
+    def _append(self, frames: Tensor) -> Tensor:
+        """Concatenate `frames` after the buffered ones along T; shapes other than T must match."""
+        if self._pending is None:
+            return frames
+        if self._pending.shape[:2] != frames.shape[:2] or self._pending.shape[3:] != frames.shape[3:]:
+            want = tuple(self._pending.shape[:2]) + ("T",) + tuple(self._pending.shape[3:])
+            raise InputError(f"pushed frames {tuple(frames.shape)} do not match earlier frames {want}")
+        return torch.cat([self._pending, frames.to(self._pending)], dim=2)
+
+    def push(self, frames: Tensor) -> Tensor | None:
+        """Add frames (B, 3, T, H, W); return latents (B, C, F, h, w) for completed groups or None."""
+        x = self._append(check_frames(frames, self.ae, whole_groups=False))
+        tf = self.ae.temporal_factor
+        full = (x.shape[2] // tf) * tf
+        self._pending = x[:, :, full:] if full < x.shape[2] else None
+        if full == 0:
+            return None
+        with torch.no_grad():
+            latent: Tensor = self.ae.encode(x[:, :, :full])
+        return latent
+
+    def flush(self) -> Tensor | None:
+        """Encode a buffered partial group padded by repeating its last frame; None if nothing is buffered."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        missing = self.ae.temporal_factor - pending.shape[2]
+        pad = pending[:, :, -1:].expand(-1, -1, missing, -1, -1)  # (B, 3, missing, H, W)
+        with torch.no_grad():
+            latent: Tensor = self.ae.encode(torch.cat([pending, pad], dim=2))
+        return latent
+
+
+class StreamDecoder:
+    """Decode latent chunks (B, C, F, h, w) as they arrive into frames (B, 3, F * tf, H, W) in [-1, 1].
+
+    The built-in autoencoder keeps no state between latent frames, so this is `ae.decode` per chunk and
+    `flush` returns None. Runs without autograd.
+    """
+
+    def __init__(self, ae: Autoencoder) -> None:
+        self.ae = ae
+
+    def reset(self) -> None:
+        """Forget any state (none for stateless autoencoders)."""
+
+    def decode(self, latent_chunk: Tensor) -> Tensor:
+        """Latent (B, C, F, h, w) -> frames (B, 3, F * tf, h * sf, w * sf) in [-1, 1]."""
+        with torch.no_grad():
+            return self.ae.decode(latent_chunk)
+
+    def flush(self) -> Tensor | None:
+        """Frames still held back at the end of the stream; always None here."""
+        return None
+
+
+def save_autoencoder(ae: TinyAutoencoder, folder: str | Path) -> Path:
+    """Write `folder/config.json` and `folder/model.safetensors`; returns the folder."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"kind": TINY_KIND, **ae.config.to_dict()}
+    state = {k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}
+    save_file(state, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def _read_config(folder: Path) -> AutoencoderConfig:
+    """Parse `folder/config.json` into an `AutoencoderConfig`."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"autoencoder config not found: {path} (expected the model config as JSON)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"autoencoder config {path} is not valid JSON: {err}") from err
+    if isinstance(data, dict):
+        kind = data.pop("kind", TINY_KIND)
+        if kind != TINY_KIND:
+            raise ModelLoadError(f"autoencoder config {path} has kind {kind!r}; expected {TINY_KIND!r}")
+    return AutoencoderConfig.from_dict(data)
+
+
+def _read_weights(folder: Path) -> dict[str, Tensor]:
+    """Load `folder/model.safetensors` on CPU."""
+    path = folder / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"autoencoder weights not found: {path} (expected a safetensors file)")
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"autoencoder weights {path} are truncated or not safetensors: {err}") from err
+
+
+def _check_state(state: dict[str, Tensor], model: nn.Module, path: Path) -> None:
+    """Raise `ModelLoadError` on missing/unexpected keys or the first shape mismatch."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing:
+        raise ModelLoadError(f"autoencoder weights {path} miss tensors {missing[:5]} required by config.json")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        raise ModelLoadError(f"autoencoder weights {path} have unexpected tensors {unexpected[:5]}")
+    for name, tensor in expected.items():
+        if state[name].shape != tensor.shape:
+            got, want = tuple(state[name].shape), tuple(tensor.shape)
+            raise ModelLoadError(f"autoencoder weights {path}: {name} has shape {got}, expected {want}")
+
+
+def load_autoencoder(folder: str | Path) -> TinyAutoencoder:
+    """Load a `TinyAutoencoder` written by `save_autoencoder`, in eval mode on CPU."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ModelLoadError(f"autoencoder folder not found: {root} (expected a folder with {CONFIG_FILE} "
+                             f"and {WEIGHTS_FILE})")
+    model = TinyAutoencoder(_read_config(root))
+    state = _read_weights(root)
+    _check_state(state, model, root / WEIGHTS_FILE)
+    model.load_state_dict(state)
+    return model.eval()

@@ -1,0 +1,225 @@
+"""A block-causal video diffusion transformer in the Wan2.1 architecture.
+
+One forward pass denoises the latent frames of one or more chunks of each batch row, attending to
+past keys/values handed in by the caller (the stream's KV cache) and to the row's text condition.
+The network holds no per-stream state: caches, positions and conditions come in as arguments and
+the keys/values of the pass come back out, so many streams can share one model.
+
+Parameter names follow the original Wan2.1 checkpoints (`blocks.N.self_attn.q`, `modulation`,
+`head.head`, ...), so their weights load without renaming.
+
+Layouts:
+    latents   (B, C, F, H, W)              F latent frames, H x W latent pixels
+    tokens    (B, F, P, D)                 P = (H / 2) * (W / 2) tokens per frame
+    keys      (B, N, heads, head_dim)      N = F * P, rotated by RoPE before they are cached
+    timestep  (B, F)                       flow-matching time in [0, 1000], one per latent frame
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from framecast.models.config import DiTConfig
+from framecast.models.rope import apply_rope, rope_angles
+
+
+@dataclass
+class CrossKV:
+    """Cross-attention keys/values of the text condition of every frame: (L, B, F, T, heads, head_dim).
+
+    `CausalWanDiT.cross_kv` gives (L, B, T, heads, head_dim) for a prompt; `per_frame` expands it.
+    """
+
+    k: Tensor
+    v: Tensor
+
+    def per_frame(self, frames: int) -> CrossKV:
+        """(L, B, T, h, hd) -> (L, B, frames, T, h, hd), a view."""
+        def f(x: Tensor) -> Tensor:
+            return x[:, :, None].expand(-1, -1, frames, -1, -1, -1)
+
+        return CrossKV(f(self.k), f(self.v))
+
+
+@dataclass
+class PastKV:
+    """Self-attention keys/values a pass may attend to besides its own: (L, B, M, heads, head_dim)."""
+
+    k: Tensor
+    v: Tensor
+
+
+@dataclass
+class DiTOutput:
+    """Velocity (B, C, F, H, W) and the pass's own rotated keys/values per layer: (B, N, heads, hd)."""
+
+    velocity: Tensor
+    keys: list[Tensor]
+    values: list[Tensor]
+
+
+def sinusoidal(t: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding [cos, sin] of timesteps t: (...,) -> (..., dim), float32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float64) / half)
+    args = t.to(torch.float64)[..., None] * freqs
+    return torch.cat([args.cos(), args.sin()], dim=-1).float()
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], past: tuple[Tensor, Tensor] | None, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (B, N, D); past: keys/values (B, M, h, hd); mask: (B, 1, N, M + N) bool or None."""
+        B, N, D = x.shape
+        q = apply_rope(self.norm_q(self.q(x)).view(B, N, self.heads, -1), *rope)  # (B, N, h, hd)
+        k = apply_rope(self.norm_k(self.k(x)).view(B, N, self.heads, -1), *rope)
+        v = self.v(x).view(B, N, self.heads, -1)
+        k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2), attn_mask=mask
+        )  # (B, h, N, hd)
+        return self.o(out.transpose(1, 2).reshape(B, N, D)), k, v
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, eps: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q = nn.RMSNorm(dim, eps=eps)
+        self.norm_k = nn.RMSNorm(dim, eps=eps)
+
+    def kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """context: (B, T, D) embedded text -> keys, values (B, T, h, hd)."""
+        B, T, _ = context.shape
+        return self.norm_k(self.k(context)).view(B, T, self.heads, -1), self.v(context).view(B, T, self.heads, -1)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """x: (B, F, P, D) tokens; k, v: (B, F, T, h, hd), each frame attends to its own condition."""
+        B, Fr, P, D = x.shape
+        q = self.norm_q(self.q(x)).view(B * Fr, P, self.heads, -1)
+        k, v = k.flatten(0, 1), v.flatten(0, 1)  # (B * F, T, h, hd)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return self.o(out.transpose(1, 2).reshape(B, Fr, P, D))
+
+
+class Block(nn.Module):
+    """Self-attention, cross-attention and FFN, modulated per latent frame by the timestep."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(d, cfg.num_heads, cfg.eps)
+        self.norm3 = nn.LayerNorm(d, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(d, cfg.num_heads, cfg.eps)
+        self.norm2 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
+        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
+
+    def forward(
+        self,
+        x: Tensor,
+        e: Tensor,
+        rope: tuple[Tensor, Tensor],
+        cross: tuple[Tensor, Tensor],
+        past: tuple[Tensor, Tensor] | None,
+        mask: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """x: (B, F, P, D) tokens; e: (B, F, 1, 6, D) per-frame timestep projection (float32)."""
+        shift, scale, gate, c_shift, c_scale, c_gate = (self.modulation.float() + e).unbind(-2)  # (B, F, 1, D)
+        h = (self.norm1(x.float()) * (1 + scale) + shift).type_as(x)
+        attn, k, v = self.self_attn(h.flatten(1, 2), rope, past, mask)
+        x = (x.float() + attn.view_as(x) * gate).type_as(x)
+        x = x + self.cross_attn(self.norm3(x.float()).type_as(x), *cross)
+        h = (self.norm2(x.float()) * (1 + c_scale) + c_shift).type_as(x)
+        x = (x.float() + self.ffn(h).float() * c_gate).type_as(x)
+        return x, k, v
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.norm = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(d, cfg.out_channels * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
+
+    def forward(self, x: Tensor, e: Tensor) -> Tensor:
+        """x: (B, F, P, D); e: (B, F, D) time embedding -> (B, F, P, C * patch volume)."""
+        shift, scale = (self.modulation.float() + e.float()[:, :, None, None, :]).unbind(-2)  # (B, F, 1, D)
+        return self.head((self.norm(x.float()) * (1 + scale) + shift).type_as(x))
+
+
+class CausalWanDiT(nn.Module):
+    """Wan2.1 DiT with block-causal attention over a caller-owned KV cache. Predicts flow velocity."""
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        self.patch_embedding = nn.Conv3d(c.in_channels, c.dim, kernel_size=c.patch_size, stride=c.patch_size)
+        self.text_embedding = nn.Sequential(
+            nn.Linear(c.text_dim, c.dim), nn.GELU(approximate="tanh"), nn.Linear(c.dim, c.dim)
+        )
+        self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, c.dim * 6))
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.num_layers))
+        self.head = Head(c)
+
+    def cross_kv(self, text: Tensor) -> CrossKV:
+        """Text embeddings (B, T, text_dim) -> per-layer cross-attention keys/values, cached per prompt."""
+        context = self.text_embedding(text.to(self.patch_embedding.weight.dtype))  # (B, T, D)
+        kv = [blk.cross_attn.kv(context) for blk in self.blocks]  # type: ignore[union-attr]
+        return CrossKV(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
+
+    def forward(
+        self,
+        x: Tensor,
+        t: Tensor,
+        frame_pos: Tensor,
+        cross: CrossKV,
+        past: PastKV | None = None,
+        mask: Tensor | None = None,
+    ) -> DiTOutput:
+        """One pass over the latent frames x: (B, C, F, H, W) at timesteps t: (B, F).
+
+        frame_pos: (B, F) temporal RoPE positions; past: keys/values to attend to (already rotated);
+        mask: (B, 1, N, M + N) bool, True where a query token may attend (None: attend to everything).
+        """
+        c = self.config
+        B, _, Fr, H, W = x.shape
+        grid = (H // c.patch_size[1], W // c.patch_size[2])
+        tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, D, F, h, w)
+        tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, F, P, D)
+        e = self.time_embedding(sinusoidal(t, c.freq_dim).type_as(tokens)).float()  # (B, F, D)
+        e6 = self.time_projection(e.type_as(tokens)).float().unflatten(-1, (6, c.dim))[:, :, None]
+        rope = rope_angles(frame_pos, grid, c.head_dim, c.rope_theta)
+        keys, values = [], []
+        for i, blk in enumerate(self.blocks):
+            layer_past = None if past is None else (past.k[i], past.v[i])
+            tokens, k, v = blk(tokens, e6, rope, (cross.k[i], cross.v[i]), layer_past, mask)
+            keys.append(k)
+            values.append(v)
+        out = self.head(tokens, e)  # (B, F, P, C * ph * pw)
+        return DiTOutput(self._unpatchify(out, grid), keys, values)
+
+    def _unpatchify(self, out: Tensor, grid: tuple[int, int]) -> Tensor:
+        """(B, F, h * w, ph * pw * C) -> (B, C, F, h * ph, w * pw), Wan's channel order."""
+        c = self.config
+        B, Fr = out.shape[:2]
+        _, ph, pw = c.patch_size
+        out = out.reshape(B, Fr, grid[0], grid[1], ph, pw, c.out_channels)
+        return out.permute(0, 6, 1, 2, 4, 3, 5).reshape(B, c.out_channels, Fr, grid[0] * ph, grid[1] * pw)

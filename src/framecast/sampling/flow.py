@@ -1,0 +1,60 @@
+"""Flow-matching few-step sampling as pure functions.
+
+Convention (Wan2.1, rectified flow): x_s = (1 - s) * x0 + s * noise for noise level s in [0, 1],
+timestep t = 1000 * s, and the model predicts the velocity v = noise - x0. An Euler step from s to
+s' is x_{s'} = x_s + (s' - s) * v. Nothing here holds state; randomness comes in as a generator.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from framecast.errors import InputError
+
+MAX_STEPS = 4
+DEFAULT_SHIFT = 5.0
+
+
+def shift_sigma(sigma: Tensor, shift: float) -> Tensor:
+    """Time shift of flow-matching schedules: s' = shift * s / (1 + (shift - 1) * s)."""
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def sigmas(steps: int, shift: float = DEFAULT_SHIFT, start: float = 1.0) -> Tensor:
+    """Noise levels of a `steps`-step schedule, from `start` down to 0: (steps + 1,) float32.
+
+    `start` < 1 begins part way (SDEdit-style video-to-video); the shift bends the levels towards
+    the noisy end, as Wan2.1 samplers do.
+    """
+    if not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"steps must be between 1 and {MAX_STEPS}, got {steps}")
+    if not 0.0 < start <= 1.0:
+        raise InputError(f"start noise level must be in (0, 1], got {start}")
+    base = torch.linspace(start, 0.0, steps + 1, dtype=torch.float64)
+    return shift_sigma(base, shift).float()
+
+
+def timesteps(sig: Tensor) -> Tensor:
+    """Model timesteps (0..1000) of noise levels."""
+    return sig * 1000.0
+
+
+def euler_step(x: Tensor, velocity: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    """One Euler step of the flow ODE. sigma, sigma_next broadcast against x (e.g. (B, 1, F, 1, 1))."""
+    return x + (sigma_next - sigma).to(x.dtype) * velocity
+
+
+def predict_x0(x: Tensor, velocity: Tensor, sigma: Tensor) -> Tensor:
+    """Clean estimate implied by a velocity prediction: x0 = x_s - s * v."""
+    return x - sigma.to(x.dtype) * velocity
+
+
+def noise_like(shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Standard normal noise drawn from the stream's own generator (on the generator's device)."""
+    return torch.randn(shape, generator=generator, device=generator.device, dtype=dtype)
+
+
+def add_noise(x0: Tensor, noise: Tensor, sigma: float) -> Tensor:
+    """Noise a clean latent to level sigma: (1 - s) * x0 + s * noise."""
+    return (1 - sigma) * x0 + sigma * noise

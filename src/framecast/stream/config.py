@@ -1,0 +1,55 @@
+"""Settings of one stream: denoising steps, cache window, sinks and RoPE refresh."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from framecast.errors import InputError
+from framecast.sampling.flow import DEFAULT_SHIFT, MAX_STEPS
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How a stream denoises and what it remembers. Sizes are in chunks of `chunk_frames` latent frames.
+
+    steps:          denoising passes per chunk (1..4).
+    shift:          flow-matching time shift of the schedule.
+    window_chunks:  chunks of the rolling window a chunk attends to, besides the sinks.
+    sink_chunks:    first chunks of the stream, never evicted.
+    refresh_chunks: every this many chunks, RoPE positions wrap back, so they stay bounded.
+    clean_pass:     write a chunk's cache from an extra pass at t=0 over the finished latent (CausVid,
+                    Self-Forcing); otherwise keep the keys/values of its last denoising pass.
+    batch_steps:    stream batch: keep `steps` chunks in flight, one forward per emitted chunk; else
+                    sequential, one chunk at a time (lowest latency and activation memory).
+    blend_chunks:   chunks over which a prompt change blends the old condition into the new one.
+    """
+
+    steps: int = 4
+    shift: float = DEFAULT_SHIFT
+    window_chunks: int = 6
+    sink_chunks: int = 1
+    refresh_chunks: int = 48
+    clean_pass: bool = True
+    batch_steps: bool = True
+    blend_chunks: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise InputError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if self.window_chunks < 1:
+            raise InputError(f"window_chunks must be at least 1, got {self.window_chunks}")
+        if self.sink_chunks < 0:
+            raise InputError(f"sink_chunks must be 0 or more, got {self.sink_chunks}")
+        if self.refresh_chunks < 1:
+            raise InputError(f"refresh_chunks must be at least 1, got {self.refresh_chunks}")
+        if self.blend_chunks < 0:
+            raise InputError(f"blend_chunks must be 0 or more, got {self.blend_chunks}")
+
+    @property
+    def final_pass(self) -> int:
+        """Index of the pass whose keys/values a chunk leaves in the cache."""
+        return self.steps if self.clean_pass else self.steps - 1
+
+    @property
+    def cache_chunks(self) -> int:
+        return self.sink_chunks + self.window_chunks

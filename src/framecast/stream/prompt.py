@@ -1,0 +1,46 @@
+"""Live prompt switching: the condition each new chunk takes, with an optional blend between prompts.
+
+A change takes effect at the next chunk admitted; chunks already in flight keep their condition and
+the KV cache is kept, so the stream never restarts. With `blend_chunks` = b, the next b chunks use
+lerp(old, new, i / (b + 1)), i = 1..b, of the text embeddings before the new prompt takes over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from framecast.stream.state import Condition
+
+
+@dataclass
+class PromptState:
+    """A stream's prompt: the current text embedding (T, D) and the blend in progress, if any."""
+
+    text: str
+    embedding: Tensor
+    blend_from: Tensor | None = None
+    blend_total: int = 0
+    blend_done: int = 0
+
+    def switch(self, text: str, embedding: Tensor, blend_chunks: int) -> None:
+        self.blend_from = self.current_embedding() if blend_chunks else None
+        self.text, self.embedding = text, embedding
+        self.blend_total, self.blend_done = blend_chunks, 0
+
+    def current_embedding(self) -> Tensor:
+        if self.blend_from is None or self.blend_done >= self.blend_total:
+            return self.embedding
+        w = (self.blend_done + 1) / (self.blend_total + 1)
+        return self.blend_from.lerp(self.embedding, w)
+
+    def next_condition(self, cached: Callable[[str], Condition], compute: Callable[[Tensor], Condition]) -> Condition:
+        """Condition of the next chunk: the prompt's cached one, or a blend computed on the fly."""
+        if self.blend_from is None or self.blend_done >= self.blend_total:
+            self.blend_from = None
+            return cached(self.text)
+        cond = compute(self.current_embedding())
+        self.blend_done += 1
+        return cond

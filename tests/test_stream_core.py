@@ -1,0 +1,130 @@
+"""Fast paths of the streaming core, each against its slow path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from framecast.engine.batch import visible
+from framecast.engine.engine import Engine
+from framecast.models.dit import CausalWanDiT
+from framecast.stream.config import StreamConfig
+from framecast.stream.state import Condition, StreamState
+from tests.conftest import RandomTextEncoder, tiny_model
+
+
+def _cond(model: CausalWanDiT, text: str) -> Condition:
+    kv = model.cross_kv(RandomTextEncoder(model.config.text_dim).encode([text]))
+    return Condition(kv.k[:, 0], kv.v[:, 0])
+
+
+def _state(model: CausalWanDiT, cfg: StreamConfig, seed: int) -> StreamState:
+    return StreamState.create(model.config, cfg, seed, torch.float32, torch.device("cpu"))
+
+
+def _run(model: CausalWanDiT, cfg: StreamConfig, n: int, seed: int = 7, text: str = "red") -> torch.Tensor:
+    st, eng, out = _state(model, cfg, seed), Engine(model), []
+    cond = _cond(model, text)
+    while len(out) < n:
+        out += eng.step([st], [lambda: cond])[0]
+    return torch.stack(out[:n])  # (n, C, cf, H, W)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4])
+@pytest.mark.parametrize("clean_pass", [True, False])
+def test_stream_batch_equals_sequential(steps: int, clean_pass: bool) -> None:
+    model = tiny_model()
+    base = dict(steps=steps, clean_pass=clean_pass, window_chunks=3, sink_chunks=1, refresh_chunks=5)
+    batched = _run(model, StreamConfig(batch_steps=True, **base), 10)  # type: ignore[arg-type]
+    sequential = _run(model, StreamConfig(batch_steps=False, **base), 10)  # type: ignore[arg-type]
+    torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
+
+
+def _recompute_last(model: CausalWanDiT, clean: list[torch.Tensor], noise: torch.Tensor, cfg: StreamConfig) -> torch.Tensor:
+    """Velocity of the last chunk from one full forward over every chunk with the windowed causal mask."""
+    c = model.config
+    n, cf = len(clean), c.chunk_frames
+    x = torch.cat([*clean, noise], 1)[None]  # (1, C, (n + 1) * cf, H, W)
+    t = torch.zeros(1, (n + 1) * cf)
+    t[:, n * cf :] = 1000.0
+    frame_chunk = torch.arange(n + 1).repeat_interleave(cf)
+    token_chunk = frame_chunk.repeat_interleave(c.tokens_per_frame)
+    mask = visible(token_chunk, token_chunk, cfg.sink_chunks, cfg.window_chunks)[None, None]
+    kv = model.cross_kv(RandomTextEncoder(c.text_dim).encode(["red"]))
+    out = model(x, t, torch.arange((n + 1) * cf)[None], kv.per_frame((n + 1) * cf), None, mask)
+    return out.velocity[0, :, n * cf :]
+
+
+@pytest.mark.parametrize("chunks", [3, 9])
+def test_cached_stream_equals_full_recompute(chunks: int) -> None:
+    """One-step stream with a clean cache; 9 chunks evict from a 2-chunk window (1 sink kept)."""
+    model = tiny_model()
+    cfg = StreamConfig(steps=1, window_chunks=2, sink_chunks=1, refresh_chunks=10_000, batch_steps=False)
+    outs = _run(model, cfg, chunks + 1)
+    gen = torch.Generator().manual_seed(7)
+    noises = [torch.randn(outs.shape[1:], generator=gen) for _ in range(chunks + 1)]
+    with torch.no_grad():
+        velocity = _recompute_last(model, list(outs[:chunks]), noises[chunks], cfg)
+    cached_velocity = noises[chunks] - outs[chunks]  # one Euler step from sigma 1 to 0
+    torch.testing.assert_close(cached_velocity, velocity, rtol=1e-4, atol=1e-4)
+
+
+def test_context_matters() -> None:
+    """The recompute test is not vacuous: another history changes the next chunk."""
+    model = tiny_model()
+    cfg = StreamConfig(steps=1, window_chunks=2, sink_chunks=1, batch_steps=False)
+    outs = _run(model, cfg, 4)
+    gen = torch.Generator().manual_seed(7)
+    noises = [torch.randn(outs.shape[1:], generator=gen) for _ in range(4)]
+    with torch.no_grad():
+        other = _recompute_last(model, [o * 0.5 for o in outs[:3]], noises[3], cfg)
+    assert (other - (noises[3] - outs[3])).abs().max() > 1e-2
+
+
+def test_refresh_is_lossless_without_sinks() -> None:
+    """RoPE refresh only moves positions; with no sinks, relative positions and output are unchanged."""
+    model = tiny_model()
+    base = dict(steps=2, window_chunks=3, sink_chunks=0)
+    wrapped = _run(model, StreamConfig(refresh_chunks=4, **base), 14)  # type: ignore[arg-type]
+    unbounded = _run(model, StreamConfig(refresh_chunks=10_000, **base), 14)  # type: ignore[arg-type]
+    torch.testing.assert_close(wrapped, unbounded, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("batch_steps", [True, False])
+def test_interleaved_streams_equal_alone(batch_steps: bool) -> None:
+    model = tiny_model()
+    cfg = StreamConfig(steps=3, window_chunks=2, sink_chunks=1, refresh_chunks=4, batch_steps=batch_steps)
+    alone_a, alone_b = _run(model, cfg, 6, seed=1, text="red"), _run(model, cfg, 6, seed=2, text="blue")
+    a, b, eng = _state(model, cfg, 1), _state(model, cfg, 2), Engine(model)
+    ca, cb = _cond(model, "red"), _cond(model, "blue")
+    out_a: list[torch.Tensor] = []
+    out_b: list[torch.Tensor] = []
+    for i in range(40):  # b starts late and sometimes runs alone: rows of different lengths in one batch
+        pairs = [(a, ca, out_a), (b, cb, out_b)] if i >= 2 and i % 3 else [(a, ca, out_a)]
+        res = eng.step([p[0] for p in pairs], [(lambda c=p[1]: c) for p in pairs])
+        for p, r in zip(pairs, res, strict=True):
+            p[2].extend(r)
+        if len(out_a) >= 6 and len(out_b) >= 6:
+            break
+    torch.testing.assert_close(torch.stack(out_a[:6]), alone_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.stack(out_b[:6]), alone_b, rtol=1e-5, atol=1e-5)
+    assert (alone_a - alone_b).abs().max() > 1e-2
+
+
+def test_ten_thousand_chunks_bounded() -> None:
+    """Positions stay in a fixed range and the cache keeps its size over an endless stream."""
+    model = tiny_model(num_layers=1, dim=16, ffn_dim=16, chunk_frames=1, latent_height=2, latent_width=2)
+    cfg = StreamConfig(steps=1, clean_pass=False, window_chunks=4, sink_chunks=2, refresh_chunks=16)
+    st, eng = _state(model, cfg, 0), Engine(model)
+    cond = _cond(model, "red")
+    sizes, lo, hi = set(), 0, 0
+    for _ in range(10_000):
+        eng.step([st], [lambda: cond])
+        pos = st.plan.frame_positions(st.next_chunk - 1, st.tick)
+        lo, hi = min(lo, int(pos.min())), max(hi, int(pos.max()))
+        sizes.add(st.memory_bytes())
+    assert st.next_chunk == 10_000
+    assert len(sizes) == 1
+    limit = (cfg.refresh_chunks + cfg.cache_chunks + cfg.final_pass) * model.config.chunk_frames
+    assert -limit <= lo and hi <= limit
+    assert torch.isfinite(st.ring.k).all()
