@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,17 @@ def test_writer_rejects_bad_paths_and_sizes(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="fps"):
         VideoWriter(tmp_path / "fps.mp4", fps=0, width=W, height=H)
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root can write anywhere")
+def test_writer_rejects_unwritable_folder(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(InputError, match="not writable"):
+            VideoWriter(locked / "out.mp4", fps=12, width=W, height=H)
+    finally:
+        locked.chmod(0o700)
 
 
 def test_writer_rejects_wrong_frame(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ def _import_av() -> Any:
     return av
 
 
-def _check_output_path(path: Path) -> None:
+def check_output_path(path: Path) -> None:
     """Raise `InputError` unless `path` is an .mp4 file in an existing, writable folder."""
     if path.suffix.lower() != ".mp4":
         raise InputError(f"video output path must end in .mp4, got {str(path)!r}")
@@ -65,7 +65,7 @@ class VideoWriter:
         self, path: str | Path, fps: float, width: int, height: int, crf: int = 18, preset: str = "medium"
     ) -> None:
         self.path = Path(path)
-        _check_output_path(self.path)
+        check_output_path(self.path)
         _check_geometry(fps, width, height, crf)
         self.fps, self.width, self.height = float(fps), width, height
         self.frames_written = 0
