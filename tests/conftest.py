@@ -13,8 +13,17 @@ from framecast.models.dit import CausalWanDiT
 
 def tiny_config(**kw: object) -> DiTConfig:
     base: dict[str, object] = dict(
-        dim=32, num_heads=2, num_layers=2, ffn_dim=48, in_channels=4, out_channels=4, text_dim=12,
-        freq_dim=16, chunk_frames=2, latent_height=4, latent_width=4,
+        dim=32,
+        num_heads=2,
+        num_layers=2,
+        ffn_dim=48,
+        in_channels=4,
+        out_channels=4,
+        text_dim=12,
+        freq_dim=16,
+        chunk_frames=2,
+        latent_height=4,
+        latent_width=4,
     )
     base.update(kw)
     return DiTConfig(**base)  # type: ignore[arg-type]

@@ -66,8 +66,12 @@ def test_latent_frames_are_independent(ae: TinyAutoencoder) -> None:
 
 @pytest.mark.parametrize(
     ("shape", "needle"),
-    [((2, 3, 10, 16, 16), "multiple of temporal_factor"), ((2, 3, 8, 18, 16), "multiples of 4"),
-     ((2, 1, 8, 16, 16), "3 channels"), ((3, 8, 16, 16), "5-D")],
+    [
+        ((2, 3, 10, 16, 16), "multiple of temporal_factor"),
+        ((2, 3, 8, 18, 16), "multiples of 4"),
+        ((2, 1, 8, 16, 16), "3 channels"),
+        ((3, 8, 16, 16), "5-D"),
+    ],
 )
 def test_encode_rejects_bad_shapes(ae: TinyAutoencoder, shape: tuple[int, ...], needle: str) -> None:
     with pytest.raises(InputError, match=needle):
@@ -99,7 +103,7 @@ def test_stream_encoder_matches_offline(ae: TinyAutoencoder) -> None:
     outs = []
     start = 0
     for size in (1, 2, 3, 0, 5, 1):  # chunk sizes summing to 12
-        out = stream.push(x[:, :, start:start + size])
+        out = stream.push(x[:, :, start : start + size])
         start += size
         if out is not None:
             outs.append(out)

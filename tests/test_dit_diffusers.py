@@ -14,17 +14,34 @@ diffusers = pytest.importorskip("diffusers")
 
 def _tiny() -> DiTConfig:
     return DiTConfig(
-        dim=48, num_heads=4, num_layers=2, ffn_dim=64, in_channels=4, out_channels=4, text_dim=20,
-        freq_dim=32, chunk_frames=2, latent_height=8, latent_width=6,
+        dim=48,
+        num_heads=4,
+        num_layers=2,
+        ffn_dim=64,
+        in_channels=4,
+        out_channels=4,
+        text_dim=20,
+        freq_dim=32,
+        chunk_frames=2,
+        latent_height=8,
+        latent_width=6,
     )
 
 
 def _reference(cfg: DiTConfig) -> torch.nn.Module:
     return diffusers.WanTransformer3DModel(
-        patch_size=cfg.patch_size, num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim,
-        in_channels=cfg.in_channels, out_channels=cfg.out_channels, text_dim=cfg.text_dim,
-        freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers, cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads", eps=cfg.eps,
+        patch_size=cfg.patch_size,
+        num_attention_heads=cfg.num_heads,
+        attention_head_dim=cfg.head_dim,
+        in_channels=cfg.in_channels,
+        out_channels=cfg.out_channels,
+        text_dim=cfg.text_dim,
+        freq_dim=cfg.freq_dim,
+        ffn_dim=cfg.ffn_dim,
+        num_layers=cfg.num_layers,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        eps=cfg.eps,
     ).eval()
 
 
@@ -49,7 +66,12 @@ def test_matches_diffusers_on_one_chunk() -> None:
     with torch.no_grad():
         expected = ref(x, t, text, return_dict=False)[0]
         frames = cfg.chunk_frames
-        out = ours(x, t[:, None].expand(2, frames), torch.arange(frames).expand(2, frames), ours.cross_kv(text).per_frame(frames))
+        out = ours(
+            x,
+            t[:, None].expand(2, frames),
+            torch.arange(frames).expand(2, frames),
+            ours.cross_kv(text).per_frame(frames),
+        )
     err = (out.velocity - expected).abs().max().item()
     assert err < 1e-4 * expected.abs().max().item(), err
 

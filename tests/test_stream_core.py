@@ -40,7 +40,9 @@ def test_stream_batch_equals_sequential(steps: int, clean_pass: bool) -> None:
     torch.testing.assert_close(batched, sequential, rtol=1e-5, atol=1e-5)
 
 
-def _recompute_last(model: CausalWanDiT, clean: list[torch.Tensor], noise: torch.Tensor, cfg: StreamConfig) -> torch.Tensor:
+def _recompute_last(
+    model: CausalWanDiT, clean: list[torch.Tensor], noise: torch.Tensor, cfg: StreamConfig
+) -> torch.Tensor:
     """Velocity of the last chunk from one full forward over every chunk with the windowed causal mask."""
     c = model.config
     n, cf = len(clean), c.chunk_frames

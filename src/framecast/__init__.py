@@ -1,8 +1,8 @@
 """framecast: real-time streaming video diffusion.
 
-    from framecast import Pipeline
-    pipe = Pipeline.load("tiny")
-    for frame in pipe.stream("a red circle moving left", seed=0): ...
+from framecast import Pipeline
+pipe = Pipeline.load("tiny")
+for frame in pipe.stream("a red circle moving left", seed=0): ...
 """
 
 from framecast.errors import FramecastError, InputError, ModelLoadError

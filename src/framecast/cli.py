@@ -39,8 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--fps", type=float, default=None, help="frames per second (default: the model's)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps per chunk, 1-4 (default: the model's)")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--prompt-at", action="append", default=[], metavar="SECONDS:PROMPT",
-                   help="switch to PROMPT at SECONDS (repeatable)")
+    g.add_argument(
+        "--prompt-at",
+        action="append",
+        default=[],
+        metavar="SECONDS:PROMPT",
+        help="switch to PROMPT at SECONDS (repeatable)",
+    )
     g.add_argument("--sequential", action="store_true", help="one chunk at a time instead of the stream batch")
     _model_args(g)
     b = sub.add_parser("bench", help="measure speed of a model on this machine")
@@ -66,6 +71,7 @@ def _generate(a: argparse.Namespace) -> None:
     if not fps > 0:
         raise InputError(f"--fps must be positive, got {fps}")
     overrides = {"batch_steps": not a.sequential, **({"steps": a.steps} if a.steps is not None else {})}
+    pipe.stream_config(**overrides)  # validate before any file is opened
     total = max(1, round(a.seconds * fps))
     schedule = [(round(s * fps), p) for s, p in changes]
     height, width = pipe.frame_size
@@ -81,7 +87,9 @@ def _bench(a: argparse.Namespace) -> None:
 
     if a.json is not None and not a.json.parent.resolve().is_dir():
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
-    result = run_bench(model=a.model, random_weights=a.random_weights, device=a.device, seconds=a.seconds, steps=a.steps)
+    result = run_bench(
+        model=a.model, random_weights=a.random_weights, device=a.device, seconds=a.seconds, steps=a.steps
+    )
     print(format_table(result))
     if a.json is not None:
         a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")

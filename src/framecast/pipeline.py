@@ -75,7 +75,11 @@ class Pipeline:
     # -- loading -------------------------------------------------------------------------------
     @classmethod
     def load(
-        cls, model: str = "tiny", device: str = "cpu", random_weights: bool = False, text_encoder: TextEncoder | None = None
+        cls,
+        model: str = "tiny",
+        device: str = "cpu",
+        random_weights: bool = False,
+        text_encoder: TextEncoder | None = None,
     ) -> Pipeline:
         """A built-in model by name, or a local model folder. `random_weights` builds the named preset untrained."""
         if random_weights:
@@ -87,7 +91,9 @@ class Pipeline:
         return cls(dit, ae, enc, cfg, device)
 
     @classmethod
-    def random(cls, name: str = "tiny", device: str = "cpu", seed: int = 0, text_encoder: TextEncoder | None = None) -> Pipeline:
+    def random(
+        cls, name: str = "tiny", device: str = "cpu", seed: int = 0, text_encoder: TextEncoder | None = None
+    ) -> Pipeline:
         """The `name` preset with random weights (for speed tests and before trained weights exist)."""
         torch.manual_seed(seed)
         dit = CausalWanDiT(preset(name))
@@ -129,13 +135,12 @@ class Pipeline:
         """Yield `num_frames` uint8 (H, W, 3) frames; `prompt_at` switches prompts at frame indices."""
         if num_frames < 1:
             raise InputError(f"number of frames must be positive, got {num_frames}")
-        stream, changes, n = self.stream(prompt, seed, **overrides), sorted(prompt_at), 0
-        for frame in stream:
+        stream, changes = self.stream(prompt, seed, **overrides), sorted(prompt_at)
+        for n, frame in enumerate(stream):
             while changes and changes[0][0] <= n:
                 stream.set_prompt(changes.pop(0)[1])
             yield frame
-            n += 1
-            if n == num_frames:
+            if n + 1 == num_frames:
                 return
 
     def generate(
@@ -184,7 +189,9 @@ def _resolve(model: str) -> Path:
         return folder
     folder = Path(model)
     if not folder.is_dir():
-        raise ModelLoadError(f"unknown model {model!r}: expected a built-in name ({', '.join(BUILTIN)}) or a model folder")
+        raise ModelLoadError(
+            f"unknown model {model!r}: expected a built-in name ({', '.join(BUILTIN)}) or a model folder"
+        )
     return folder
 
 

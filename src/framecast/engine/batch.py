@@ -81,12 +81,15 @@ def run_batch(model: CausalWanDiT, reqs: list[PassRequest]) -> list[PassResult]:
     t = torch.stack([_pad(r.t, 0, Fmax) for r in reqs])  # (B, F)
     pos = torch.stack([_pad(r.pos, 0, Fmax) for r in reqs])
     cross = CrossKV(
-        torch.stack([_pad(r.cross_k, 1, Fmax) for r in reqs], 1), torch.stack([_pad(r.cross_v, 1, Fmax) for r in reqs], 1)
+        torch.stack([_pad(r.cross_k, 1, Fmax) for r in reqs], 1),
+        torch.stack([_pad(r.cross_v, 1, Fmax) for r in reqs], 1),
     )
     past = _stack_past(reqs, Mmax)
-    mask = None if _all_visible(reqs, Fmax, Mmax) else torch.stack(
-        [_row_mask(r, P, Mmax, Fmax * P) for r in reqs]
-    )[:, None].to(x.device)
+    mask = (
+        None
+        if _all_visible(reqs, Fmax, Mmax)
+        else torch.stack([_row_mask(r, P, Mmax, Fmax * P) for r in reqs])[:, None].to(x.device)
+    )
     out = model(x, t, pos, cross, past, mask)
     return [_cut(out.velocity, out.keys, out.values, i, r, P) for i, r in enumerate(reqs)]
 

@@ -17,15 +17,15 @@ from typing import Any, Self
 
 import numpy as np
 
-from framecast.errors import InputError, MissingExtraError
+from framecast.errors import FramecastError, InputError
 
 
 def _import_av() -> Any:
-    """Import PyAV, or raise `MissingExtraError` naming the extra that provides it."""
+    """Import PyAV, or raise a clear error naming the package."""
     try:
         import av
     except ImportError as err:
-        raise MissingExtraError("av", "video") from err
+        raise FramecastError("PyAV is not installed; install it with: pip install av") from err
     return av
 
 
@@ -179,8 +179,7 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[np.ndar
     stream and files with no decodable frame raise `InputError`.
     """
     source = Path(path)
-    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int)
-                                   or max_frames < 1):
+    if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1):
         raise InputError(f"max_frames must be a positive integer or None, got {max_frames!r}")
     if not source.is_file():
         raise InputError(f"video file not found: {source}")

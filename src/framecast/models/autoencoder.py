@@ -319,8 +319,9 @@ def load_autoencoder(folder: str | Path) -> TinyAutoencoder:
     """Load a `TinyAutoencoder` written by `save_autoencoder`, in eval mode on CPU."""
     root = Path(folder)
     if not root.is_dir():
-        raise ModelLoadError(f"autoencoder folder not found: {root} (expected a folder with {CONFIG_FILE} "
-                             f"and {WEIGHTS_FILE})")
+        raise ModelLoadError(
+            f"autoencoder folder not found: {root} (expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
     model = TinyAutoencoder(_read_config(root))
     state = _read_weights(root)
     _check_state(state, model, root / WEIGHTS_FILE)

@@ -88,8 +88,17 @@ class DiTConfig:
 PRESETS: dict[str, DiTConfig] = {
     # Real time on a 2-core CPU: 64x64 pixels -> 8x8x8 latent -> 16 tokens a latent frame.
     "tiny": DiTConfig(
-        dim=128, num_heads=4, num_layers=4, ffn_dim=384, in_channels=8, out_channels=8, text_dim=384,
-        freq_dim=64, chunk_frames=1, latent_height=8, latent_width=8,
+        dim=128,
+        num_heads=4,
+        num_layers=4,
+        ffn_dim=384,
+        in_channels=8,
+        out_channels=8,
+        text_dim=384,
+        freq_dim=64,
+        chunk_frames=1,
+        latent_height=8,
+        latent_width=8,
     ),
     # Wan2.1 T2V 1.3B at 480x832: 30 blocks, dim 1536, 12 heads x 128, FFN 8960.
     "wan-1.3b": DiTConfig(),

@@ -40,6 +40,7 @@ class CrossKV:
 
     def per_frame(self, frames: int) -> CrossKV:
         """(L, B, T, h, hd) -> (L, B, frames, T, h, hd), a view."""
+
         def f(x: Tensor) -> Tensor:
             return x[:, :, None].expand(-1, -1, frames, -1, -1, -1)
 
@@ -182,7 +183,7 @@ class CausalWanDiT(nn.Module):
     def cross_kv(self, text: Tensor) -> CrossKV:
         """Text embeddings (B, T, text_dim) -> per-layer cross-attention keys/values, cached per prompt."""
         context = self.text_embedding(text.to(self.patch_embedding.weight.dtype))  # (B, T, D)
-        kv = [blk.cross_attn.kv(context) for blk in self.blocks]  # type: ignore[union-attr]
+        kv = [blk.cross_attn.kv(context) for blk in self.blocks]  # type: ignore[union-attr,operator]
         return CrossKV(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
 
     def forward(

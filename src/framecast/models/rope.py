@@ -25,9 +25,7 @@ def inv_freqs(head_dim: int, theta: float) -> tuple[Tensor, Tensor, Tensor]:
     )
 
 
-def rope_angles(
-    frame_pos: Tensor, grid: tuple[int, int], head_dim: int, theta: float
-) -> tuple[Tensor, Tensor]:
+def rope_angles(frame_pos: Tensor, grid: tuple[int, int], head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
     """cos and sin for every token of frames at `frame_pos`.
 
     frame_pos: (B, F) temporal positions; grid: token grid (h, w) of one frame.

@@ -93,9 +93,7 @@ def _mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
     return (summed / weights.sum(dim=1).clamp(min=1e-9)).unsqueeze(1)  # (B, 1, D)
 
 
-def _run(
-    model: Any, tokenizer: Any, texts: list[str], device: torch.device, **tok_args: Any
-) -> tuple[Tensor, Tensor]:
+def _run(model: Any, tokenizer: Any, texts: list[str], device: torch.device, **tok_args: Any) -> tuple[Tensor, Tensor]:
     """Tokenize and run the model -> (last hidden state (B, L, D) float32, attention mask (B, L))."""
     batch = tokenizer(texts, return_tensors="pt", truncation=True, **tok_args)
     ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
@@ -136,8 +134,9 @@ class MiniLMEncoder:
         prompts = _check_texts(texts)
         if not prompts:
             return torch.zeros(0, self.seq_len, self.dim, device=_model_device(self.model))
-        hidden, mask = _run(self.model, self.tokenizer, prompts, _model_device(self.model),
-                            padding=True, max_length=self.max_length)
+        hidden, mask = _run(
+            self.model, self.tokenizer, prompts, _model_device(self.model), padding=True, max_length=self.max_length
+        )
         return torch.nn.functional.normalize(_mean_pool(hidden, mask), dim=-1)  # (B, 1, 384)
 
 
@@ -221,8 +220,7 @@ class HFTextEncoder:
         if not prompts:
             return torch.zeros(0, self.seq_len, self.dim, device=device)
         padding: bool | str = True if self.pooling == "mean" else "max_length"
-        hidden, mask = _run(self.model, self.tokenizer, prompts, device,
-                            padding=padding, max_length=self.max_length)
+        hidden, mask = _run(self.model, self.tokenizer, prompts, device, padding=padding, max_length=self.max_length)
         if self.pooling == "mean":
             return _mean_pool(hidden, mask)  # (B, 1, D)
         return hidden * mask.unsqueeze(-1).to(hidden.dtype)  # (B, max_length, D), zeros past the mask
@@ -289,10 +287,11 @@ class CachedTextEncoder:
 
 
 def load_text_encoder(spec: str | Path, device: str | torch.device = "cpu") -> TextEncoder:
-    """"minilm" -> `MiniLMEncoder`; a local transformers model folder -> `HFTextEncoder`."""
+    """ "minilm" -> `MiniLMEncoder`; a local transformers model folder -> `HFTextEncoder`."""
     if str(spec) == "minilm":
         return MiniLMEncoder(device=device)
     if Path(spec).is_dir():
         return HFTextEncoder(spec, device=device)
-    raise ModelLoadError(f"unknown text encoder {str(spec)!r}: expected 'minilm' or a path to a local "
-                         f"transformers model folder")
+    raise ModelLoadError(
+        f"unknown text encoder {str(spec)!r}: expected 'minilm' or a path to a local transformers model folder"
+    )

@@ -34,7 +34,9 @@ def read_config(folder: str | Path, what: str) -> dict[str, Any]:
     """The JSON object in `folder/config.json`."""
     root = Path(folder)
     if not root.is_dir():
-        raise ModelLoadError(f"{what} folder not found: {root} (expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE})")
+        raise ModelLoadError(
+            f"{what} folder not found: {root} (expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
     path = root / CONFIG_FILE
     if not path.is_file():
         raise ModelLoadError(f"{what} config not found: {path} (expected the model settings as JSON)")
@@ -66,7 +68,9 @@ def load_into(module: nn.Module, state: dict[str, Tensor], path: Path, what: str
         raise ModelLoadError(f"{what} weights {path} miss tensors {missing[:3]} that {CONFIG_FILE} requires")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
-        raise ModelLoadError(f"{what} weights {path} have tensors {unexpected[:3]} that {CONFIG_FILE} does not describe")
+        raise ModelLoadError(
+            f"{what} weights {path} have tensors {unexpected[:3]} that {CONFIG_FILE} does not describe"
+        )
     for name, tensor in expected.items():
         if state[name].shape != tensor.shape:
             got, want = tuple(state[name].shape), tuple(tensor.shape)

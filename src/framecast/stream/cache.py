@@ -26,8 +26,15 @@ class RingKV:
 
     @classmethod
     def empty(
-        cls, layers: int, sinks: int, window: int, tokens: int, heads: int, head_dim: int,
-        dtype: torch.dtype, device: torch.device,
+        cls,
+        layers: int,
+        sinks: int,
+        window: int,
+        tokens: int,
+        heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> RingKV:
         shape = (layers, sinks + window, tokens, heads, head_dim)
         z = torch.zeros(shape, dtype=dtype, device=device)

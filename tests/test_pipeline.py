@@ -1,0 +1,148 @@
+"""The Python API and the CLI on tiny random models: save/load, prompt switching, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from framecast.cli import main
+from framecast.io.video import read_video
+from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder
+from framecast.models.dit import CausalWanDiT
+from framecast.pipeline import Pipeline
+from tests.conftest import RandomTextEncoder, tiny_config
+
+
+def _pipe(seed: int = 0) -> Pipeline:
+    torch.manual_seed(seed)
+    cfg = tiny_config(latent_height=4, latent_width=4, chunk_frames=1)
+    ae = TinyAutoencoder(AutoencoderConfig(latent_channels=cfg.in_channels, width=8))
+    return Pipeline(CausalWanDiT(cfg), ae, RandomTextEncoder(cfg.text_dim))
+
+
+def test_stream_yields_uint8_frames() -> None:
+    pipe = _pipe()
+    frames = pipe.generate("a red circle", 10, seed=3, steps=2)
+    assert frames.shape == (10, *pipe.frame_size, 3) and frames.dtype == np.uint8
+    np.testing.assert_array_equal(frames, pipe.generate("a red circle", 10, seed=3, steps=2))
+    assert not np.array_equal(frames, pipe.generate("a red circle", 10, seed=4, steps=2))
+
+
+def test_saved_and_loaded_folder_gives_identical_output(tmp_path: Path) -> None:
+    pipe = _pipe()
+    pipe.save(tmp_path / "m")
+    loaded = Pipeline.load(str(tmp_path / "m"), text_encoder=RandomTextEncoder(pipe.dit.config.text_dim))
+    np.testing.assert_array_equal(pipe.generate("blue", 12, seed=1), loaded.generate("blue", 12, seed=1))
+
+
+@pytest.mark.parametrize("batch_steps", [True, False])
+def test_set_prompt_takes_effect_at_next_chunk_without_reset(batch_steps: bool) -> None:
+    pipe = _pipe()
+    per = pipe.frames_per_chunk
+    steady = pipe.generate("red", 8 * per, seed=0, steps=3, batch_steps=batch_steps)
+    switched = pipe.generate("red", 8 * per, seed=0, prompt_at=[(3 * per, "blue")], steps=3, batch_steps=batch_steps)
+    fresh = pipe.generate("blue", 8 * per, seed=0, steps=3, batch_steps=batch_steps)
+    lag = 3 if batch_steps else 1  # chunks already admitted keep their prompt
+    same = 3 * per if not batch_steps else (3 + lag - 1) * per
+    np.testing.assert_array_equal(switched[:same], steady[:same])
+    assert not np.array_equal(switched[-per:], steady[-per:])
+    assert not np.array_equal(switched[-per:], fresh[-per:])  # the cache was kept, not reset
+
+
+def test_blend_goes_through_intermediate_conditions() -> None:
+    pipe = _pipe()
+    stream = pipe.stream("red", seed=0, steps=1, batch_steps=False)
+    stream.set_prompt("blue", blend_chunks=3)
+    embeds = [stream.prompt.current_embedding().clone() for _ in range(1) if True]
+    red, blue = pipe._embed("red"), pipe._embed("blue")
+    for _ in range(4):
+        embeds.append(stream.prompt.current_embedding().clone())
+        stream.next_condition()
+    torch.testing.assert_close(embeds[1], red.lerp(blue, 0.25))
+    torch.testing.assert_close(embeds[3], red.lerp(blue, 0.75))
+    torch.testing.assert_close(embeds[4], blue)
+
+
+# -- CLI: one line on stderr and exit code 2 for every bad input --------------------------------
+def _fails(args: list[str], capsys: pytest.CaptureFixture[str], expect: str) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and expect in err, err
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("model") / "tiny"
+    Pipeline.random("tiny").save(folder)
+    return folder
+
+
+def test_cli_generate_writes_mp4(tmp_path: Path, model_dir: Path) -> None:
+    out = tmp_path / "v.mp4"
+    assert (
+        main(
+            [
+                "generate",
+                "a red circle",
+                "-o",
+                str(out),
+                "--model",
+                str(model_dir),
+                "--seconds",
+                "1",
+                "--fps",
+                "8",
+                "--prompt-at",
+                "0.5:a blue square",
+            ]
+        )
+        == 0
+    )
+    frames, fps = read_video(out)
+    assert frames.shape == (8, 64, 64, 3) and fps == 8
+
+
+def test_cli_bad_inputs(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "v.mp4")
+    _fails(["generate", "x", "-o", out, "--model", "no-such-model"], capsys, "unknown model")
+    _fails(["generate", "x", "-o", out, "--model", "tiny"], capsys, "no trained weights")
+    _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--seconds", "0"], capsys, "--seconds")
+    _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--seconds", "-2"], capsys, "--seconds")
+    _fails(["generate", "x", "-o", "/no/such/dir/v.mp4", "--model", str(model_dir)], capsys, "does not exist")
+    _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--prompt-at", "soon"], capsys, "--prompt-at")
+    _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--prompt-at", "2:"], capsys, "--prompt-at")
+    _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--steps", "9"], capsys, "steps")
+    assert not Path(out).exists()
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_cli_broken_model_folders(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = str(tmp_path / "v.mp4")
+    missing = _copy(model_dir, tmp_path / "missing")
+    (missing / "dit" / "model.safetensors").unlink()
+    _fails(["generate", "x", "-o", out, "--model", str(missing)], capsys, "weights not found")
+    truncated = _copy(model_dir, tmp_path / "truncated")
+    w = truncated / "dit" / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    _fails(["generate", "x", "-o", out, "--model", str(truncated)], capsys, "truncated")
+    shapes = _copy(model_dir, tmp_path / "shapes")
+    cfg = json.loads((shapes / "dit" / "config.json").read_text())
+    (shapes / "dit" / "config.json").write_text(json.dumps({**cfg, "ffn_dim": cfg["ffn_dim"] + 8}))
+    _fails(["generate", "x", "-o", out, "--model", str(shapes)], capsys, "has shape")
+    keys = _copy(model_dir, tmp_path / "keys")
+    state = load_file(str(keys / "dit" / "model.safetensors"))
+    state.pop("head.modulation")
+    save_file(state, str(keys / "dit" / "model.safetensors"))
+    _fails(["generate", "x", "-o", out, "--model", str(keys)], capsys, "miss tensors")
+    assert not Path(out).exists()
