@@ -20,6 +20,7 @@ so that machine noise hits both alike. See docs/benchmarks.md.
 from __future__ import annotations
 
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -81,7 +82,8 @@ class BenchResult:
     sequential: ScheduleResult
     batch_vs_sequential: float  # throughput (fps) of stream batch over sequential
     torch_version: str = torch.__version__
-    threads: int = field(default_factory=torch.get_num_threads)
+    threads: int = field(default_factory=torch.get_num_threads)  # torch CPU threads during the run
+    load_average: list[float] = field(default_factory=list)  # 1-minute system load at start and end (Unix)
 
     def schedules(self) -> dict[str, ScheduleResult]:
         return {"stream batch": self.stream_batch, "sequential": self.sequential}
@@ -100,6 +102,11 @@ def _clock(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # sync: kernels queued so far must finish before the clock is read
     return time.perf_counter()
+
+
+def _load() -> list[float]:
+    """1-minute load average: how busy the machine was besides us (empty where unavailable)."""
+    return [round(os.getloadavg()[0], 2)] if hasattr(os, "getloadavg") else []
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -387,7 +394,7 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 def _run(
     pipe: Pipeline, model: str, random_weights: bool, seconds: float, steps: int | None, seed: int, progress: bool
 ) -> BenchResult:
-    scheds = [_make_schedule(pipe, name, seed, steps) for name in SCHEDULES]
+    scheds, load = [_make_schedule(pipe, name, seed, steps) for name in SCHEDULES], _load()
     parts = _parts(pipe, scheds, seed, seconds)
     with tqdm(total=1 + ROUNDS * len(parts), file=sys.stderr, disable=not progress, desc="warm-up") as bar:
         for s in scheds:
@@ -399,7 +406,9 @@ def _run(
             for i in range(ROUNDS):
                 run_round(i)
                 bar.update()
-    return _result(pipe, model, random_weights, seconds, scheds)
+    result = _result(pipe, model, random_weights, seconds, scheds)
+    result.load_average = load + _load()
+    return result
 
 
 # -- output --------------------------------------------------------------------------------------------
@@ -424,7 +433,7 @@ def _header(r: BenchResult) -> str:
     h, w = r.frame_size
     return (
         f"framecast bench: {r.model} ({weights}) on {r.device}, {r.dtype}, "
-        f"{r.threads} CPU threads, torch {r.torch_version}\n"
+        f"{r.threads} CPU threads, torch {r.torch_version}, load {'/'.join(map(str, r.load_average)) or '?'}\n"
         f"{w}x{h} frames, {r.steps} steps, {r.frames_per_chunk} frames per chunk, ~{r.seconds:g} s per part"
     )
 

@@ -78,8 +78,8 @@ def run_batch(model: CausalWanDiT, reqs: list[PassRequest]) -> list[PassResult]:
     Fmax = max(r.x.shape[1] for r in reqs)
     Mmax = max(0 if r.past_k is None else r.past_k.shape[1] for r in reqs)
     x = torch.stack([_pad(r.x, 1, Fmax) for r in reqs])  # (B, C, F, H, W)
-    t = torch.stack([_pad(r.t, 0, Fmax) for r in reqs])  # (B, F)
-    pos = torch.stack([_pad(r.pos, 0, Fmax) for r in reqs])
+    t = torch.stack([_pad(r.t, 0, Fmax) for r in reqs]).to(x.device)  # (B, F)
+    pos = torch.stack([_pad(r.pos, 0, Fmax) for r in reqs]).to(x.device)
     cross = CrossKV(
         torch.stack([_pad(r.cross_k, 1, Fmax) for r in reqs], 1),
         torch.stack([_pad(r.cross_v, 1, Fmax) for r in reqs], 1),
@@ -97,6 +97,8 @@ def run_batch(model: CausalWanDiT, reqs: list[PassRequest]) -> list[PassResult]:
 def _stack_past(reqs: list[PassRequest], M: int) -> PastKV | None:
     if M == 0:
         return None
+    if len(reqs) == 1 and reqs[0].past_k is not None and reqs[0].past_v is not None:
+        return PastKV(reqs[0].past_k[:, None], reqs[0].past_v[:, None])  # a view: no copy of the cache
     ks, vs = [], []
     for r in reqs:
         if r.past_k is None or r.past_v is None:

@@ -21,7 +21,8 @@ from framecast.stream.state import Condition, InFlight, Staged, StreamState
 
 def admit(state: StreamState, cond: Condition) -> None:
     """Start the next chunk from noise drawn from the stream's own generator."""
-    x = noise_like(state.latent_shape, state.generator, dtype=torch.float32)  # (C, cf, H, W)
+    noise = noise_like(state.latent_shape, state.generator, dtype=torch.float32)  # (C, cf, H, W), on the CPU
+    x = noise.to(state.ring.k.device, non_blocking=True)
     state.inflight.append(InFlight(state.next_chunk, x, 0, cond))
     state.next_chunk += 1
 
@@ -47,29 +48,29 @@ def apply_result(state: StreamState, res: PassResult) -> list[Tensor]:
     per = res.keys[0].shape[0] // (len(rows) * cf)  # tokens per frame
     done: list[Tensor] = []
     for i, r in enumerate(rows):
-        k, v = _slice_kv(res, i * cf * per, (i + 1) * cf * per)
-        if _advance(state, r, res.velocity[:, i * cf : (i + 1) * cf], k, v):
+        if _advance(state, r, res, i * cf, per):
             done.append(r.x)
     state.inflight = [r for r in state.inflight if r.next_pass <= state.cfg.final_pass]
     state.tick += 1
     return done
 
 
-def _advance(state: StreamState, r: InFlight, vel: Tensor, k: Tensor, v: Tensor) -> bool:
-    """Apply one pass to chunk r; True if r just became clean."""
-    cfg, j = state.cfg, r.next_pass
+def _advance(state: StreamState, r: InFlight, res: PassResult, frame: int, per: int) -> bool:
+    """Apply one pass to chunk r, whose frames start at `frame` of the row; True if r just became clean."""
+    cfg, j, cf = state.cfg, r.next_pass, state.latent_shape[1]
     if j < cfg.steps:
-        r.x = euler_step(r.x, vel, state.sigmas[j], state.sigmas[j + 1])
+        r.x = euler_step(r.x, res.velocity[:, frame : frame + cf], state.sigmas[j], state.sigmas[j + 1])
     if j == cfg.final_pass:
-        state.ring.write(r.chunk, k, v)
+        state.ring.write(r.chunk, *_slice_kv(res, frame * per, (frame + cf) * per))
     elif not cfg.batch_steps and j >= 1:
-        state.staged[(r.chunk, j)] = Staged(k, v)
+        state.staged[(r.chunk, j)] = Staged(*_slice_kv(res, frame * per, (frame + cf) * per))
     r.next_pass += 1
     return j == cfg.steps - 1
 
 
 def _slice_kv(res: PassResult, a: int, b: int) -> tuple[Tensor, Tensor]:
-    return torch.stack([k[a:b] for k in res.keys]), torch.stack([v[a:b] for v in res.values])  # (L, N, h, hd)
+    """Keys and values of tokens a..b of the row, all layers: (L, N, h, hd) each."""
+    return torch.stack([k[a:b] for k in res.keys]), torch.stack([v[a:b] for v in res.values])
 
 
 def _ring_context(state: StreamState, newest: int) -> tuple[Tensor | None, Tensor | None, list[int]]:

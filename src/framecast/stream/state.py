@@ -65,7 +65,7 @@ class StreamState:
         ring = RingKV.empty(
             mc.num_layers, cfg.sink_chunks, cfg.window_chunks, tokens, mc.num_heads, mc.head_dim, dtype, device
         )
-        gen = torch.Generator(device=device).manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # on the CPU: the same seed gives the same noise on any device
         shape = (mc.in_channels, mc.chunk_frames, mc.latent_height, mc.latent_width)
         return cls(cfg, PositionPlan(cfg, mc.chunk_frames), ring, gen, sigmas(cfg.steps, cfg.shift), shape)
 
