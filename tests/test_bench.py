@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from framecast.bench import BenchResult, ScheduleResult, format_table, run_bench
+from framecast.bench import BenchResult, ScheduleResult, _bare_round, _recording, format_table, run_bench
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder
 from framecast.pipeline import Pipeline
 from tests.conftest import RandomTextEncoder, tiny_model
@@ -52,6 +52,23 @@ def test_hooks_removed_and_progress_on_stderr(capsys: pytest.CaptureFixture[str]
     assert not pipe.dit._forward_pre_hooks  # the recorder is gone
     out, err = capsys.readouterr()
     assert out == "" and "overhead" in err
+
+
+@pytest.mark.parametrize("batch_steps", [True, False])
+def test_bare_loop_replays_the_engine_passes(batch_steps: bool) -> None:
+    """The bare loop runs exactly the forwards the engine ran: same inputs, same outputs."""
+    pipe = _pipeline()
+    stream = pipe.stream("red", batch_steps=batch_steps, steps=2)
+    seen: list[torch.Tensor] = []
+    out_hook = pipe.dit.register_forward_hook(lambda m, a, out: seen.append(out.velocity.clone()))
+    with _recording(pipe.dit) as rec:
+        for _ in range(9):
+            stream.step()
+    _bare_round(pipe.dit, rec.calls, pipe.device)
+    out_hook.remove()
+    assert len(rec.calls) == 9 and len(seen) == 18
+    for engine, bare in zip(seen[:9], seen[9:], strict=True):
+        torch.testing.assert_close(engine, bare, rtol=0, atol=0)
 
 
 def test_json_round_trip(result: BenchResult) -> None:

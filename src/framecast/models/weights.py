@@ -40,12 +40,17 @@ def read_config(folder: str | Path, what: str) -> dict[str, Any]:
     path = root / CONFIG_FILE
     if not path.is_file():
         raise ModelLoadError(f"{what} config not found: {path} (expected the model settings as JSON)")
+    return read_json(path, what)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """The JSON object in the file `path`; any failure is a one-line `ModelLoadError`."""
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{what} config {path} is not valid JSON: {err}") from None
+        raise ModelLoadError(f"{what} {path} is not valid JSON: {err}") from None
     if not isinstance(data, dict):
-        raise ModelLoadError(f"{what} config {path} must hold a JSON object")
+        raise ModelLoadError(f"{what} {path} must hold a JSON object")
     return data
 
 
