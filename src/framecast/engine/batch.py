@@ -63,6 +63,25 @@ def _row_mask(r: PassRequest, P: int, M: int, N: int) -> Tensor:
     return m
 
 
+def _stack(xs: list[Tensor], dim: int) -> Tensor:
+    """torch.stack, but a view (no copy) for a single row."""
+    return xs[0].unsqueeze(dim) if len(xs) == 1 else torch.stack(xs, dim)
+
+
+def _cached_mask(r: PassRequest, P: int, M: int, N: int, cache: dict[tuple, Tensor] | None) -> Tensor:
+    """A row's mask, reused across passes: it depends only on chunk ids relative to the row's newest."""
+    if cache is None:
+        return _row_mask(r, P, M, N)
+    base = r.frame_chunk[-1]
+    rel = lambda c: ("sink", c) if c < r.sinks else c - base  # noqa: E731
+    key = (tuple(map(rel, r.frame_chunk)), tuple(map(rel, r.past_chunk)), r.sinks, r.window, P, M, N)
+    if key not in cache:
+        if len(cache) > 256:
+            cache.clear()
+        cache[key] = _row_mask(r, P, M, N)
+    return cache[key]
+
+
 def _pad(x: Tensor, dim: int, length: int) -> Tensor:
     extra = length - x.shape[dim]
     if extra == 0:
@@ -72,24 +91,24 @@ def _pad(x: Tensor, dim: int, length: int) -> Tensor:
     return torch.cat([x, x.new_zeros(shape)], dim)
 
 
-def run_batch(model: CausalWanDiT, reqs: list[PassRequest]) -> list[PassResult]:
+def run_batch(
+    model: CausalWanDiT, reqs: list[PassRequest], mask_cache: dict[tuple, Tensor] | None = None
+) -> list[PassResult]:
     """Run all rows in one forward pass; the denoiser is called here and nowhere else in the hot loop."""
     P = model.config.tokens_per_frame
     Fmax = max(r.x.shape[1] for r in reqs)
     Mmax = max(0 if r.past_k is None else r.past_k.shape[1] for r in reqs)
-    x = torch.stack([_pad(r.x, 1, Fmax) for r in reqs])  # (B, C, F, H, W)
-    t = torch.stack([_pad(r.t, 0, Fmax) for r in reqs]).to(x.device)  # (B, F)
-    pos = torch.stack([_pad(r.pos, 0, Fmax) for r in reqs]).to(x.device)
+    x = _stack([_pad(r.x, 1, Fmax) for r in reqs], 0)  # (B, C, F, H, W)
+    t = _stack([_pad(r.t, 0, Fmax) for r in reqs], 0).to(x.device)  # (B, F)
+    pos = _stack([_pad(r.pos, 0, Fmax) for r in reqs], 0).to(x.device)
     cross = CrossKV(
-        torch.stack([_pad(r.cross_k, 1, Fmax) for r in reqs], 1),
-        torch.stack([_pad(r.cross_v, 1, Fmax) for r in reqs], 1),
+        _stack([_pad(r.cross_k, 1, Fmax) for r in reqs], 1), _stack([_pad(r.cross_v, 1, Fmax) for r in reqs], 1)
     )
     past = _stack_past(reqs, Mmax)
-    mask = (
-        None
-        if _all_visible(reqs, Fmax, Mmax)
-        else torch.stack([_row_mask(r, P, Mmax, Fmax * P) for r in reqs])[:, None].to(x.device)
-    )
+    mask = None
+    if not _all_visible(reqs, Fmax, Mmax):
+        rows = [_cached_mask(r, P, Mmax, Fmax * P, mask_cache) for r in reqs]
+        mask = _stack(rows, 0)[:, None].to(x.device, non_blocking=True)  # (B, 1, N, M + N)
     out = model(x, t, pos, cross, past, mask)
     return [_cut(out.velocity, out.keys, out.values, i, r, P) for i, r in enumerate(reqs)]
 

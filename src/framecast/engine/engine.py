@@ -31,6 +31,7 @@ class Engine:
         self.model = model.eval()
         self.hooks = hooks or StepHooks()
         self.passes = 0
+        self._masks: dict[tuple, Tensor] = {}  # attention masks by relative chunk layout
 
     @torch.inference_mode()
     def step(self, states: Sequence[StreamState], conds: Sequence[Callable[[], Condition]]) -> list[list[Tensor]]:
@@ -45,7 +46,7 @@ class Engine:
         reqs = [scheduler.next_request(st, c.head_dim, c.rope_theta) for st in states]
         if self.hooks.before:
             self.hooks.before(len(reqs))
-        results = run_batch(self.model, reqs)
+        results = run_batch(self.model, reqs, self._masks)
         if self.hooks.after:
             self.hooks.after(len(reqs))
         self.passes += 1

@@ -8,6 +8,8 @@ re-position cached keys) is exact and no table bounds the stream length.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from torch import Tensor
 
@@ -18,6 +20,7 @@ def split_dims(head_dim: int) -> tuple[int, int, int]:
     return head_dim - 2 * hw, hw, hw
 
 
+@lru_cache(maxsize=16)
 def inv_freqs(head_dim: int, theta: float) -> tuple[Tensor, Tensor, Tensor]:
     """Inverse frequencies (float64) of the frame, height and width parts: (d_part / 2,) each."""
     return tuple(  # type: ignore[return-value]

@@ -114,11 +114,18 @@ def _request(
         t=t,
         pos=torch.cat([state.plan.frame_positions(r.chunk, tick) for r in rows]),
         frame_chunk=[r.chunk for r in rows for _ in range(cf)],
-        cross_k=torch.cat([r.cond.k[:, None].expand(-1, cf, -1, -1, -1) for r in rows], 1),
-        cross_v=torch.cat([r.cond.v[:, None].expand(-1, cf, -1, -1, -1) for r in rows], 1),
+        cross_k=_per_frame([r.cond.k for r in rows], cf),
+        cross_v=_per_frame([r.cond.v for r in rows], cf),
         past_k=pk,
         past_v=pv,
         past_chunk=pc,
         sinks=cfg.sink_chunks,
         window=cfg.window_chunks,
     )
+
+
+def _per_frame(conds: list[Tensor], cf: int) -> Tensor:
+    """Condition (L, T, h, hd) of each chunk -> (L, F, T, h, hd); a view when all chunks share one."""
+    if all(c is conds[0] for c in conds):
+        return conds[0][:, None].expand(-1, cf * len(conds), -1, -1, -1)
+    return torch.cat([c[:, None].expand(-1, cf, -1, -1, -1) for c in conds], 1)
