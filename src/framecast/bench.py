@@ -4,7 +4,7 @@
     print(format_table(result))
     json.dump(result.to_json(), open("bench.json", "w"))
 
-Four parts, each about `seconds` long after a warm-up that fills the KV cache of one stream per schedule:
+Three parts, each about `seconds` long, after a warm-up that fills the KV cache of one stream per schedule:
 
 * first frame: fresh streams (a new prompt each, so text encoding counts) until their first frame.
 * stream:      the warm streams tick by tick through `Stream.step` (DiT + decode to uint8); frames per
