@@ -58,7 +58,7 @@ def test_blend_goes_through_intermediate_conditions() -> None:
     pipe = _pipe()
     stream = pipe.stream("red", seed=0, steps=1, batch_steps=False)
     stream.set_prompt("blue", blend_chunks=3)
-    embeds = [stream.prompt.current_embedding().clone() for _ in range(1) if True]
+    embeds = [stream.prompt.current_embedding().clone()]
     red, blue = pipe._embed("red"), pipe._embed("blue")
     for _ in range(4):
         embeds.append(stream.prompt.current_embedding().clone())
