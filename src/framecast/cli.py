@@ -53,7 +53,28 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=None)
     b.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     _model_args(b)
+    _train_args(sub.add_parser("train", help="train the built-in model on the procedural world"))
+    e = sub.add_parser("eval", help="quality figures of a model on the procedural world")
+    e.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    e.add_argument("--steps", type=int, default=None, help="denoising steps per chunk, 1-4 (default: the model's)")
+    e.add_argument("--seeds", type=int, default=2, help="clips per held-out combination (default: 2)")
+    e.add_argument("--drift-seconds", type=float, default=300.0, help="length of the drift streams (default: 300)")
+    _model_args(e)
+    _serve_args(sub.add_parser("serve", help="serve the browser UI and live streams"))
+    _bench_serve_args(sub.add_parser("bench-serve", help="load-test the live server on loopback"))
     return ap
+
+
+def _train_args(t: argparse.ArgumentParser) -> None:
+    t.add_argument("--out", type=Path, required=True, help="run folder; the model lands in OUT/model")
+    t.add_argument("--ae-steps", type=int, default=2500, help="autoencoder steps (default: 2500)")
+    t.add_argument("--dit-steps", type=int, default=10000, help="DiT steps (default: 10000)")
+    t.add_argument("--samples", type=int, default=8000, help="clips in the latent dataset (default: 8000)")
+    t.add_argument("--batch", type=int, default=16, help="DiT batch size (default: 16)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    t.add_argument("--stop-after", choices=("autoencoder", "latents", "dit"), default="dit")
+    t.add_argument("--fresh", action="store_true", help="ignore checkpoints in OUT and start over")
 
 
 def _generate(a: argparse.Namespace) -> None:
@@ -95,10 +116,106 @@ def _bench(a: argparse.Namespace) -> None:
         a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
+def _train(a: argparse.Namespace) -> None:
+    import logging
+
+    from framecast.train.run import run_config, train_all
+
+    for name in ("ae_steps", "dit_steps", "samples", "batch"):
+        if getattr(a, name) < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    cfg = run_config(a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads)
+    folder = train_all(a.out, cfg, resume_run=not a.fresh, stop_after=a.stop_after)
+    print(f"framecast: {a.stop_after} stage done in {folder}", file=sys.stderr)
+
+
+def _eval(a: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from framecast.evaluation.suite import EvalSettings, format_table, run_eval
+    from framecast.pipeline import Pipeline
+
+    if a.json is not None and not a.json.parent.resolve().is_dir():
+        raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
+    if a.seeds < 1 or not a.drift_seconds >= 20:
+        raise InputError("--seeds must be positive and --drift-seconds at least 20")
+    pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
+    settings = EvalSettings(seeds=a.seeds, drift_seconds=a.drift_seconds, steps=a.steps)
+    with tqdm(desc="eval", unit="task") as bar:
+
+        def progress(message: str) -> None:
+            bar.set_postfix_str(message)
+            bar.update(1)
+
+        result = run_eval(pipe, settings, progress)
+    print(format_table(result))
+    if a.json is not None:
+        a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+
+
+def _serve_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    s.add_argument("--max-sessions", type=int, default=8, help="most connected sessions (default: 8)")
+    s.add_argument("--fps", type=float, default=None, help="default target fps of a session (default: the model's)")
+    s.add_argument("--max-fps", type=float, default=60.0, help="highest fps a client may ask for (default: 60)")
+    s.add_argument("--no-admission", action="store_true", help="admit sessions whatever the predicted load")
+    _model_args(s)
+
+
+def _serve(a: argparse.Namespace) -> None:
+    from framecast.pipeline import Pipeline
+    from framecast.server import ServerSettings
+    from framecast.server.run import serve
+
+    settings = ServerSettings(host=a.host, port=a.port, max_sessions=a.max_sessions, fps=a.fps, max_fps=a.max_fps,
+                              admission=not a.no_admission)
+    pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
+    print(f"framecast: serving on http://{a.host}:{a.port} (Ctrl-C to stop)", file=sys.stderr)
+    serve(pipe, settings)
+
+
+def _bench_serve_args(b: argparse.ArgumentParser) -> None:
+    b.add_argument("--sessions", type=int, default=4, help="concurrent sessions of the second phase (default: 4)")
+    b.add_argument("--seconds", type=float, default=20.0, help="measured time of each phase (default: 20)")
+    b.add_argument("--fps", type=float, default=None, help="target fps of paced sessions (default: the model's)")
+    b.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the model's)")
+    b.add_argument("--mode", choices=("paced", "max", "both"), default="both",
+                   help="paced: sessions at --fps with admission; max: as fast as the engine goes (default: both)")
+    b.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    _model_args(b)
+
+
+def _bench_serve(a: argparse.Namespace) -> None:
+    from framecast.pipeline import Pipeline
+    from framecast.server import ServerSettings  # noqa: F401  (checks the server extra first)
+    from framecast.server.bench import format_table, run_serve_bench
+
+    if not 1 <= a.sessions <= 64 or not 1 <= a.seconds <= 600:
+        raise InputError("--sessions must be in 1..64 and --seconds in 1..600")
+    if a.json is not None and not a.json.parent.resolve().is_dir():
+        raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
+    pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
+    pipe.stream_config(**({"steps": a.steps} if a.steps is not None else {}))  # validate
+    modes = ("paced", "max") if a.mode == "both" else (a.mode,)
+    result = run_serve_bench(pipe, a.sessions, a.seconds, a.fps, a.steps, modes, a.model, a.random_weights)
+    print(format_table(result))
+    if a.json is not None:
+        a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"generate": _generate, "bench": _bench}[args.command](args)
+        {
+            "generate": _generate,
+            "bench": _bench,
+            "train": _train,
+            "eval": _eval,
+            "serve": _serve,
+            "bench-serve": _bench_serve,
+        }[args.command](args)
     except FramecastError as e:
         print(f"framecast: error: {e}", file=sys.stderr)
         return 2

@@ -50,8 +50,9 @@ class Autoencoder(Protocol):
 class AutoencoderConfig:
     """Hyper-parameters of `TinyAutoencoder`.
 
-    `spatial_factor` must be a power of 2 (one stride-2 stage per factor of 2); `width` is the number of
-    conv channels inside the encoder and decoder.
+    `spatial_factor` must be a power of 2 (one stride-2 stage per factor of 2). Conv channels are `width`
+    at full resolution and double at every stage up to `max_width`; `res_blocks` residual blocks run at
+    the latent resolution, where they are cheap.
     """
 
     in_channels: int = 3
@@ -59,11 +60,14 @@ class AutoencoderConfig:
     spatial_factor: int = 8
     temporal_factor: int = 4
     width: int = 32
+    max_width: int = 128
+    res_blocks: int = 1
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            low = 0 if f.name == "res_blocks" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InputError(f"AutoencoderConfig.{f.name} must be a positive integer, got {value!r}")
         if self.spatial_factor & (self.spatial_factor - 1):
             raise InputError(f"spatial_factor must be a power of 2, got {self.spatial_factor}")
@@ -92,24 +96,43 @@ def _stages(config: AutoencoderConfig) -> int:
     return int(math.log2(config.spatial_factor))
 
 
+def _widths(config: AutoencoderConfig) -> list[int]:
+    """Conv channels at each resolution, full resolution first: (stages + 1,) entries."""
+    return [min(config.width * 2**s, config.max_width) for s in range(_stages(config) + 1)]
+
+
+class ResBlock(nn.Module):
+    """x + conv(silu(conv(silu(x)))), same channels and size."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        conv = lambda: nn.Conv2d(channels, channels, 3, padding=1)  # noqa: E731
+        self.body = nn.Sequential(nn.SiLU(), conv(), nn.SiLU(), conv())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
 def _build_encoder(config: AutoencoderConfig) -> nn.Sequential:
     """(N, in_channels * tf, H, W) -> (N, latent_channels, H / sf, W / sf)."""
-    width = config.width
-    layers: list[nn.Module] = [nn.Conv2d(config.in_channels * config.temporal_factor, width, 3, padding=1)]
-    for _ in range(_stages(config)):
-        layers += [nn.SiLU(), nn.Conv2d(width, width, 3, stride=2, padding=1)]
-    layers += [nn.SiLU(), nn.Conv2d(width, config.latent_channels, 3, padding=1)]
+    w = _widths(config)
+    layers: list[nn.Module] = [nn.Conv2d(config.in_channels * config.temporal_factor, w[0], 3, padding=1)]
+    for s in range(_stages(config)):
+        layers += [nn.SiLU(), nn.Conv2d(w[s], w[s + 1], 3, stride=2, padding=1)]
+    layers += [ResBlock(w[-1]) for _ in range(config.res_blocks)]
+    layers += [nn.SiLU(), nn.Conv2d(w[-1], config.latent_channels, 3, padding=1)]
     return nn.Sequential(*layers)
 
 
 def _build_decoder(config: AutoencoderConfig) -> nn.Sequential:
     """(N, latent_channels, h, w) -> (N, in_channels * tf, h * sf, w * sf), tanh output in [-1, 1]."""
-    width = config.width
-    layers: list[nn.Module] = [nn.Conv2d(config.latent_channels, width, 3, padding=1)]
-    for _ in range(_stages(config)):
-        layers += [nn.SiLU(), nn.Upsample(scale_factor=2.0), nn.Conv2d(width, width, 3, padding=1)]
+    w = _widths(config)[::-1]  # latent resolution first
+    layers: list[nn.Module] = [nn.Conv2d(config.latent_channels, w[0], 3, padding=1)]
+    layers += [ResBlock(w[0]) for _ in range(config.res_blocks)]
+    for s in range(_stages(config)):
+        layers += [nn.SiLU(), nn.Upsample(scale_factor=2.0), nn.Conv2d(w[s], w[s + 1], 3, padding=1)]
     out_channels = config.in_channels * config.temporal_factor
-    layers += [nn.SiLU(), nn.Conv2d(width, out_channels, 3, padding=1), nn.Tanh()]
+    layers += [nn.SiLU(), nn.Conv2d(w[-1], out_channels, 3, padding=1), nn.Tanh()]
     return nn.Sequential(*layers)
 
 
@@ -148,6 +171,18 @@ class TinyAutoencoder(nn.Module):
         self.config = config if config is not None else AutoencoderConfig()
         self.encoder = _build_encoder(self.config)
         self.decoder = _build_decoder(self.config)
+        # Per-channel latent statistics, so that the diffusion model sees roughly unit-variance latents.
+        self.register_buffer("latent_mean", torch.zeros(self.config.latent_channels))
+        self.register_buffer("latent_std", torch.ones(self.config.latent_channels))
+
+    def set_latent_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Normalise latents by per-channel `mean`, `std` (C,) measured on raw encoder outputs."""
+        with torch.no_grad():
+            self._stat("latent_mean").view(-1).copy_(mean)
+            self._stat("latent_std").view(-1).copy_(std.clamp_min(1e-6))
+
+    def _stat(self, name: str) -> Tensor:
+        return getattr(self, name)[:, None, None]  # (C, 1, 1)
 
     @property
     def temporal_factor(self) -> int:
@@ -171,6 +206,7 @@ class TinyAutoencoder(nn.Module):
         tf = self.temporal_factor
         x = x.reshape(b, c, t // tf, tf, h, w).permute(0, 2, 1, 3, 4, 5)  # (B, F, C, tf, H, W)
         z: Tensor = self.encoder(x.reshape(b * (t // tf), c * tf, h, w))  # (B*F, C_lat, h, w)
+        z = (z - self._stat("latent_mean")) / self._stat("latent_std")
         return z.reshape(b, t // tf, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C_lat, F, h, w)
 
     def decode(self, latent: Tensor) -> Tensor:
@@ -180,6 +216,7 @@ class TinyAutoencoder(nn.Module):
         if c != self.latent_channels:
             raise InputError(f"latent must have {self.latent_channels} channels in dim 1, got {c}")
         z = z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (B*F, C, h, w)
+        z = z * self._stat("latent_std") + self._stat("latent_mean")
         x: Tensor = self.decoder(z)  # (B*F, 3*tf, H, W)
         tf, out_c = self.temporal_factor, self.config.in_channels
         x = x.reshape(b, f, out_c, tf, *x.shape[2:]).permute(0, 2, 1, 3, 4, 5)  # (B, 3, F, tf, H, W)

@@ -1,0 +1,93 @@
+"""The FastAPI app: the page, /ws, /rtc/offer, /healthz and /metrics over one `SessionManager`.
+
+    app = create_app(Pipeline.load("tiny"), ServerSettings(max_sessions=4))
+
+Everything the server holds lives in the app (`app.state.manager`); nothing is global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
+
+from framecast.pipeline import Pipeline
+from framecast.server.logs import log_event
+from framecast.server.manager import RefusedError, SessionManager, log
+from framecast.server.protocol import error_json
+from framecast.server.rtc import RtcHub
+from framecast.server.settings import ServerSettings
+from framecast.server.ws import serve_websocket
+
+STATIC = Path(__file__).parent / "static"
+
+
+class Offer(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    sdp: str = Field(min_length=1, max_length=65536)
+    type: str = Field(pattern="^offer$")
+
+
+def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings()
+    manager = SessionManager(pipeline, settings)
+    rtc = RtcHub(manager)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await asyncio.to_thread(manager.startup)
+        log_event(log, "server_ready", host=settings.host, port=settings.port, max_sessions=settings.max_sessions)
+        try:
+            yield
+        finally:
+            await rtc.close_all()
+            await asyncio.to_thread(manager.shutdown)
+            log_event(log, "server_stopped")
+
+    app = FastAPI(title="framecast", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.manager, app.state.rtc, app.state.settings = manager, rtc, settings
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    _routes(app, manager, rtc)
+    return app
+
+
+def _routes(app: FastAPI, manager: SessionManager, rtc: RtcHub) -> None:
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        ok = manager.engine.alive()
+        body = {
+            "status": "ok" if ok else "engine_down",
+            "sessions": len(manager.sessions),
+            "streaming": sum(s.streaming for s in manager.sessions.values()),
+            "passes": manager.engine.passes,
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(manager.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.websocket("/ws")
+    async def websocket(ws: WebSocket) -> None:
+        await serve_websocket(ws, manager)
+
+    @app.post("/rtc/offer")
+    async def offer(body: Offer) -> Any:
+        try:
+            return await rtc.answer(body.sdp)
+        except RefusedError as e:
+            return JSONResponse(manager.refusal(e), status_code=503)
+        except ValueError as e:
+            return JSONResponse(error_json("bad_offer", f"could not use this offer: {e}"), status_code=400)

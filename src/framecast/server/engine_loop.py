@@ -1,0 +1,247 @@
+"""The engine loop: one thread runs every session's torch work, batching sessions into shared passes.
+
+Each iteration applies the sessions' pending commands (start, prompt, stop, close), picks the sessions
+that are due (`pacing.pick_due`, earliest deadline first), runs ONE `Engine.step` over all of them (each
+its own row: its own prompt, steps, seed and warm-up phase), decodes the chunks that finished in one
+autoencoder batch and hands their frames to each session's bounded outbox. Nothing else in the server
+touches a `Stream`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from framecast.io.frames import frames_to_uint8
+from framecast.pipeline import Pipeline
+from framecast.server.capacity import CostModel
+from framecast.server.logs import log_event
+from framecast.server.metrics import Metrics
+from framecast.server.outbox import Frame
+from framecast.server.pacing import PlaybackClock, next_ready, pick_due
+from framecast.server.protocol import error_json
+from framecast.server.session import Close, Command, Session, SessionStats, SetPrompt, Start, Stop
+from framecast.server.settings import ServerSettings
+from framecast.stream.live import Stream
+from framecast.stream.state import Condition
+
+log = logging.getLogger("framecast.server.engine")
+IDLE_WAIT_S = 0.1  # longest sleep with nothing due; commands wake the loop at once
+LATENCY_EMA = 0.2
+
+
+@dataclass
+class Live:
+    """A streaming session as the engine thread sees it."""
+
+    session: Session
+    stream: Stream
+    clock: PlaybackClock
+    admitted: deque[float] = field(default_factory=deque)  # admission time of each chunk in flight
+    frames_out: int = 0
+    chunks_out: int = 0
+    prompt_mark: tuple[int, float] | None = None  # (first chunk with the new prompt, when it was asked for)
+
+
+class EngineLoop:
+    def __init__(self, pipeline: Pipeline, settings: ServerSettings, metrics: Metrics, cost: CostModel) -> None:
+        self.pipeline, self.settings, self.metrics, self.cost = pipeline, settings, metrics, cost
+        self._inbox: deque[Session] = deque()
+        self._sessions: dict[str, Session] = {}
+        self._live: dict[str, Live] = {}
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self._thread: threading.Thread | None = None
+        self.passes = 0
+        self.max_rows = 0  # most sessions seen in one pass
+
+    # -- control (any thread) -------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="framecast-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._live.clear()
+        self._sessions.clear()
+
+    def attach(self, session: Session) -> None:
+        self._inbox.append(session)
+        self._wake.set()
+
+    def notify(self) -> None:
+        """A session has a new command."""
+        self._wake.set()
+
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def live_count(self) -> int:
+        return len(self._live)
+
+    def attached_count(self) -> int:
+        return len(self._sessions)
+
+    def state_bytes(self) -> int:
+        """Bytes of the KV caches of all live streams."""
+        return sum(lv.stream.state.memory_bytes() for lv in list(self._live.values()))
+
+    # -- the loop (engine thread) ---------------------------------------------------------------
+    def _run(self) -> None:
+        log_event(log, "engine_started")
+        while not self._stop.is_set():
+            try:
+                self._iterate()
+            except Exception:  # a bug must not stop every stream; log it and go on
+                log.exception("event=engine_error")
+                time.sleep(IDLE_WAIT_S)
+        log_event(log, "engine_stopped", passes=self.passes)
+
+    def _iterate(self) -> None:
+        self._apply_commands()
+        now, lead = time.monotonic(), self.settings.lead_chunks
+        clocks = {k: lv.clock for k, lv in self._live.items()}
+        keys = pick_due(clocks, now, lead, self.settings.max_batch_rows)
+        if keys:
+            self._pass([self._live[k] for k in keys])
+            return
+        self._wake.wait(min(max(next_ready(clocks, lead) - now, 0.0), IDLE_WAIT_S))
+        self._wake.clear()
+
+    def _apply_commands(self) -> None:
+        while self._inbox:
+            s = self._inbox.popleft()
+            self._sessions[s.id] = s
+        for s in list(self._sessions.values()):
+            while s.commands:
+                self._apply(s, s.commands.popleft())
+
+    def _apply(self, s: Session, cmd: Command) -> None:
+        try:
+            if isinstance(cmd, Start):
+                self._start(s, cmd)
+            elif isinstance(cmd, SetPrompt):
+                self._set_prompt(s, cmd)
+            elif isinstance(cmd, Stop):
+                self._live.pop(s.id, None)
+            elif isinstance(cmd, Close):
+                self._live.pop(s.id, None)
+                self._sessions.pop(s.id, None)
+        except Exception as e:  # e.g. a prompt the text encoder refuses: this session only
+            log_event(log, "command_failed", logging.WARNING, session=s.id, error=repr(e))
+            self._end(s, "engine", f"could not apply {type(cmd).__name__.lower()}: {e}")
+
+    def _start(self, s: Session, cmd: Start) -> None:
+        p = cmd.params
+        stream = self.pipeline.stream(p.prompt, seed=p.seed, steps=p.steps, batch_steps=True)
+        s.stats = SessionStats()
+        s.outbox.clear_frames()
+        self._live[s.id] = Live(s, stream, PlaybackClock(p.fps, self.pipeline.frames_per_chunk))
+
+    def _set_prompt(self, s: Session, cmd: SetPrompt) -> None:
+        lv = self._live.get(s.id)
+        if lv is None:
+            return  # stopped meanwhile; the transport already told the client
+        lv.stream.set_prompt(cmd.text, blend_chunks=cmd.blend)
+        lv.prompt_mark = (lv.stream.state.next_chunk, cmd.received)
+
+    def _end(self, s: Session, code: str, message: str) -> None:
+        """Stop a session's stream because of an error, and tell its client."""
+        self._live.pop(s.id, None)
+        s.params, s.demand = None, None
+        s.outbox.put_message(error_json(code, message))
+        s.outbox.put_message({"type": "stopped", "reason": code})
+
+    # -- one pass ---------------------------------------------------------------------------------
+    def _pass(self, lives: list[Live]) -> None:
+        t0 = time.perf_counter()
+        units = sum(len(lv.stream.state.inflight) + 1 for lv in lives)  # stream batch admits one chunk a pass
+        try:
+            out = self.pipeline.engine.step([lv.stream.state for lv in lives], [_cond(lv) for lv in lives])
+        except Exception as e:
+            log.exception("event=pass_failed rows=%d", len(lives))
+            for lv in lives:
+                self._end(lv.session, "engine", f"the engine failed on this stream: {e}")
+            return
+        t1 = time.perf_counter()
+        done = [(lv, lat) for lv, latents in zip(lives, out, strict=True) for lat in latents]
+        if done:
+            for (lv, _), frames in zip(done, self._decode([lat for _, lat in done]), strict=True):
+                self._deliver(lv, frames)
+        t2 = time.perf_counter()
+        self.cost.observe(units, t2 - t0)
+        self.passes += 1
+        self.max_rows = max(self.max_rows, len(lives))
+        self.metrics.pass_done(len(lives), t1 - t0, t2 - t1)
+        self.metrics.queue_depth.set(sum(lv.session.outbox.frames_waiting() for lv in self._live.values()))
+
+    @torch.inference_mode()
+    def _decode(self, latents: list[Tensor]) -> list[np.ndarray]:
+        """Finished chunks (C, cf, H, W) of all sessions of a pass, decoded in one batch: (T, H, W, 3) each."""
+        clips = self.pipeline.autoencoder.decode(torch.stack(latents).float())  # (N, 3, T, H, W) in [-1, 1]
+        return [frames_to_uint8(clip) for clip in clips]
+
+    def _deliver(self, lv: Live, frames: np.ndarray) -> None:
+        """Frames (T, H, W, 3) of one finished chunk, to the session's outbox with their play times."""
+        s, now = lv.session, time.monotonic()
+        start, missed = lv.clock.emit(now)
+        self._count_chunk(lv, now, missed)
+        dt = 1.0 / lv.clock.fps
+        for i, img in enumerate(frames):
+            if not s.outbox.put_frame(Frame(img, lv.frames_out + i, start + i * dt, now)):
+                self.metrics.frames_dropped.inc()
+        lv.frames_out += len(frames)
+        s.stats.frames = lv.frames_out
+        self.metrics.frames_emitted.inc(len(frames))
+
+    def _count_chunk(self, lv: Live, now: float, missed: bool) -> None:
+        st = lv.session.stats
+        if lv.admitted:
+            latency = now - lv.admitted.popleft()
+            st.latency_ms += (latency * 1000 - st.latency_ms) * (1.0 if st.chunks == 0 else LATENCY_EMA)
+            self.metrics.chunk_latency.observe(latency)
+        if lv.prompt_mark is not None and lv.chunks_out >= lv.prompt_mark[0]:
+            st.prompt_latency_ms = (now - lv.prompt_mark[1]) * 1000
+            lv.prompt_mark = None
+        if missed:
+            st.misses += 1
+            self.metrics.deadline_misses.inc()
+        lv.chunks_out += 1
+        st.chunks = lv.chunks_out
+
+    # -- startup ----------------------------------------------------------------------------------
+    def calibrate(self) -> None:
+        """Time a few passes of one and of three throwaway streams, to seed the cost model."""
+        n = self.settings.calibrate_passes
+        for rows in (1, 3) if n else ():
+            streams = [self.pipeline.stream("calibration", seed=i, batch_steps=True) for i in range(rows)]
+            for j in range(n + 1):  # the first pass (allocations, text encoding) is not timed
+                units = sum(len(st.state.inflight) + 1 for st in streams)
+                t0 = time.perf_counter()
+                out = self.pipeline.engine.step([st.state for st in streams], [st.next_condition for st in streams])
+                if any(out):
+                    self._decode([lat for latents in out for lat in latents])
+                if j:
+                    self.cost.observe(units, time.perf_counter() - t0)
+        a, b = self.cost.coefficients()
+        log_event(log, "calibrated", fixed_ms=round(a * 1000, 2), per_chunk_ms=round(b * 1000, 2))
+
+
+def _cond(lv: Live) -> Callable[[], Condition]:
+    """The condition callback of a row; the engine calls it only when it admits a new chunk."""
+
+    def cond() -> Condition:
+        lv.admitted.append(time.monotonic())
+        return lv.stream.next_condition()
+
+    return cond

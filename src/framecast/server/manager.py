@@ -1,0 +1,218 @@
+"""Sessions of one server: open and close them, admit their streams, turn control messages into commands.
+
+Runs on the server's event loop; the torch work runs in `EngineLoop`'s thread. See docs/server.md for the
+admission policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from framecast.pipeline import Pipeline
+from framecast.server.capacity import CostModel, Demand
+from framecast.server.engine_loop import EngineLoop
+from framecast.server.logs import log_event
+from framecast.server.metrics import Metrics
+from framecast.server.outbox import Outbox
+from framecast.server.protocol import ControlError, PromptMsg, StartMsg, StopMsg, error_json, parse_control
+from framecast.server.session import Close, Session, SetPrompt, Start, Stop, StreamParams
+from framecast.server.settings import MAX_CONTROL_BYTES, MAX_PROMPT_CHARS, MAX_SEED, ServerSettings
+
+log = logging.getLogger("framecast.server")
+
+
+class RefusedError(Exception):
+    """A new session was refused: `reason` is full or capacity."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason, self.message = reason, message
+
+
+class SessionManager:
+    def __init__(self, pipeline: Pipeline, settings: ServerSettings, metrics: Metrics | None = None) -> None:
+        self.pipeline, self.settings = pipeline, settings
+        self.metrics = metrics or Metrics()
+        self.cost = CostModel()
+        self.engine = EngineLoop(pipeline, settings, self.metrics, self.cost)
+        self.sessions: dict[str, Session] = {}
+        self.default_steps = pipeline.stream_config().steps
+        self.default_fps = settings.fps or min(pipeline.config.fps, settings.max_fps)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+    def startup(self) -> None:
+        """Calibrate the cost model and start the engine thread (blocking: run it off the event loop)."""
+        self.engine.calibrate()
+        self.engine.start()
+
+    def shutdown(self) -> None:
+        for s in list(self.sessions.values()):
+            self.close(s)
+        self.engine.stop(self.settings.shutdown_timeout_s)
+
+    def open(self, transport: str) -> Session:
+        """A new session for a connection, or `RefusedError` when the server is full or out of capacity."""
+        if len(self.sessions) >= self.settings.max_sessions:
+            self._refuse("full", f"the server is full: {len(self.sessions)} sessions (--max-sessions)")
+        load = self._load_with(self._demand(self.default_fps, self.default_steps), None)
+        if load > self.settings.max_utilization:
+            self._refuse("capacity", self._capacity_message(load))
+        s = Session(
+            Outbox(asyncio.get_running_loop(), self.settings.queue_chunks * self.pipeline.frames_per_chunk), transport
+        )
+        self.sessions[s.id] = s
+        self.engine.attach(s)
+        self._gauges()
+        log_event(log, "session_open", session=s.id, transport=transport, sessions=len(self.sessions))
+        return s
+
+    def close(self, s: Session) -> None:
+        """End a session (disconnect, close or shutdown): its stream and state are freed by the engine."""
+        if self.sessions.pop(s.id, None) is None:
+            return
+        s.params, s.demand = None, None
+        s.commands.append(Close())
+        s.outbox.close()
+        self.engine.notify()
+        self._gauges()
+        log_event(
+            log,
+            "session_close",
+            session=s.id,
+            frames=s.stats.frames,
+            dropped=s.outbox.dropped,
+            misses=s.stats.misses,
+            seconds=round(time.monotonic() - s.opened, 2),
+        )
+
+    # -- control messages -------------------------------------------------------------------------
+    def handle(self, s: Session, raw: str | bytes) -> dict[str, Any]:
+        """Apply one control message; the reply (an ack or a clear error) goes back to this client only."""
+        try:
+            msg = parse_control(raw)
+            if isinstance(msg, StartMsg):
+                return self._start(s, msg)
+            if isinstance(msg, PromptMsg):
+                return self._prompt(s, msg)
+            return self._stop(s, msg)
+        except ControlError as e:
+            self.metrics.bad_messages.labels(e.code).inc()
+            log_event(log, "control_refused", session=s.id, code=e.code, message=e.message)
+            return e.to_json()
+
+    def _start(self, s: Session, msg: StartMsg) -> dict[str, Any]:
+        fps, steps = msg.fps or self.default_fps, msg.steps or self.default_steps
+        if fps > self.settings.max_fps:
+            raise ControlError("invalid", f"invalid start message: fps must be at most {self.settings.max_fps:g}")
+        demand = self._demand(fps, steps)
+        load = self._load_with(demand, s)
+        if load > self.settings.max_utilization:
+            self.metrics.refused.labels("capacity").inc()
+            raise ControlError("over_capacity", self._capacity_message(load))
+        s.params = StreamParams(msg.prompt, msg.seed, steps, fps, msg.format, msg.quality)
+        s.demand = demand
+        self._post(s, Start(s.params))
+        self.metrics.utilization.set(self._load_with(None, None))
+        log_event(log, "stream_start", session=s.id, seed=msg.seed, steps=steps, fps=fps, load=round(load, 3))
+        return {
+            "type": "started",
+            "prompt": msg.prompt,
+            "seed": msg.seed,
+            "steps": steps,
+            "fps": fps,
+            "format": msg.format,
+        }
+
+    def _prompt(self, s: Session, msg: PromptMsg) -> dict[str, Any]:
+        if s.params is None:
+            raise ControlError("not_streaming", "no stream is running: send a start message first")
+        self._post(s, SetPrompt(msg.text, msg.blend, time.monotonic()))
+        log_event(log, "prompt", session=s.id, chars=len(msg.text))
+        return {"type": "prompt", "text": msg.text}
+
+    def _stop(self, s: Session, msg: StopMsg) -> dict[str, Any]:
+        s.params, s.demand = None, None
+        self._post(s, Stop())
+        log_event(log, "stream_stop", session=s.id)
+        return {"type": "stopped", "reason": "stop"}
+
+    def _post(self, s: Session, cmd: Start | SetPrompt | Stop) -> None:
+        s.commands.append(cmd)
+        self.engine.notify()
+        self._gauges()
+
+    # -- replies ------------------------------------------------------------------------------------
+    def hello(self, s: Session) -> dict[str, Any]:
+        h, w = self.pipeline.frame_size
+        return {
+            "type": "hello",
+            "session": s.id,
+            "frame_size": [h, w],
+            "frames_per_chunk": self.pipeline.frames_per_chunk,
+            "defaults": {"fps": self.default_fps, "steps": self.default_steps},
+            "limits": {
+                "max_fps": self.settings.max_fps,
+                "max_steps": 4,
+                "max_seed": MAX_SEED,
+                "max_prompt_chars": MAX_PROMPT_CHARS,
+                "max_message_bytes": MAX_CONTROL_BYTES,
+            },
+        }
+
+    def stats(self, s: Session, sent_fps: float) -> dict[str, Any]:
+        st = s.stats
+        return {
+            "type": "stats",
+            "streaming": s.streaming,
+            "fps": round(sent_fps, 2),
+            "latency_ms": round(st.latency_ms, 1),
+            "prompt_latency_ms": _round(st.prompt_latency_ms),
+            "frames": st.frames,
+            "chunks": st.chunks,
+            "misses": st.misses,
+            "dropped": s.outbox.dropped,
+            "queue": s.outbox.frames_waiting(),
+        }
+
+    @staticmethod
+    def refusal(e: RefusedError) -> dict[str, Any]:
+        return error_json("over_capacity" if e.reason == "capacity" else "server_full", e.message)
+
+    # -- admission ----------------------------------------------------------------------------------
+    def _demand(self, fps: float, steps: int) -> Demand:
+        units = self.pipeline.stream_config(steps=steps).final_pass + 1  # chunks in flight in one row
+        return Demand(fps / self.pipeline.frames_per_chunk, units)
+
+    def _load_with(self, new: Demand | None, replacing: Session | None) -> float:
+        """Predicted engine load of the streaming sessions (minus `replacing`), plus `new`.
+
+        0 when nobody else streams: one session alone slows nobody down, and it keeps the cost model fed
+        (a model that only ever refused would never measure again).
+        """
+        demands = [s.demand for s in self.sessions.values() if s.demand is not None and s is not replacing]
+        if not self.settings.admission or (new is not None and not demands):
+            return 0.0
+        return self.cost.load(demands + ([new] if new else []))
+
+    def _capacity_message(self, load: float) -> str:
+        return (
+            f"over capacity: with this stream the engine would be {load:.0%} busy (limit "
+            f"{self.settings.max_utilization:.0%}), so sessions would miss their frame rate; "
+            "try a lower fps or fewer steps, or come back later"
+        )
+
+    def _refuse(self, reason: str, message: str) -> None:
+        self.metrics.refused.labels(reason).inc()
+        log_event(log, "session_refused", reason=reason, sessions=len(self.sessions))
+        raise RefusedError(reason, message)
+
+    def _gauges(self) -> None:
+        self.metrics.sessions.labels("connected").set(len(self.sessions))
+        self.metrics.sessions.labels("streaming").set(sum(s.streaming for s in self.sessions.values()))
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)

@@ -1,0 +1,104 @@
+"""A session's outbox: frames and messages handed from the engine thread to the session's asyncio tasks.
+
+`put_frame` and `put_message` never block and may be called from any thread. Frames are bounded: when a
+client is slow the oldest frame is dropped (and counted). Messages (acks, errors, stats) are never dropped
+below `MAX_MESSAGES`. One asyncio.Event wakes the waiters; each re-checks its own queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+MAX_MESSAGES = 256
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a session: uint8 (H, W, 3), its index since the stream started, and when to show it."""
+
+    image: np.ndarray
+    index: int
+    pts: float  # time.monotonic() at which the client should show it
+    made: float  # time.monotonic() when the engine finished it
+
+
+class OutboxClosedError(Exception):
+    """The session ended; no more frames or messages."""
+
+
+class Outbox:
+    def __init__(self, loop: asyncio.AbstractEventLoop, max_frames: int) -> None:
+        self._loop, self._event = loop, asyncio.Event()
+        self._lock = threading.Lock()
+        self._frames: deque[Frame] = deque()
+        self._messages: deque[dict[str, Any]] = deque()
+        self.max_frames = max_frames
+        self.dropped = 0
+        self.closed = False
+
+    # -- producer side (any thread) -------------------------------------------------------------
+    def put_frame(self, frame: Frame) -> bool:
+        """Queue a frame; False if the oldest frame had to be dropped to make room."""
+        with self._lock:
+            dropped = len(self._frames) >= self.max_frames
+            if dropped:
+                self._frames.popleft()
+                self.dropped += 1
+            self._frames.append(frame)
+        self._wake()
+        return not dropped
+
+    def put_message(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            if len(self._messages) < MAX_MESSAGES:
+                self._messages.append(message)
+        self._wake()
+
+    def close(self) -> None:
+        self.closed = True
+        self._wake()
+
+    def clear_frames(self) -> None:
+        with self._lock:
+            self._frames.clear()
+
+    def frames_waiting(self) -> int:
+        return len(self._frames)
+
+    def _wake(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
+            self._loop.call_soon_threadsafe(self._event.set)
+
+    # -- consumer side (the session's event loop) ----------------------------------------------
+    async def get_frame(self) -> Frame:
+        return await self._get(frames=True, messages=False)  # type: ignore[return-value]
+
+    async def get_message(self, timeout: float | None = None) -> dict[str, Any] | None:
+        return await self._get(frames=False, messages=True, timeout=timeout)  # type: ignore[return-value]
+
+    async def get_any(self, timeout: float | None = None) -> Frame | dict[str, Any] | None:
+        """The next message if there is one, else the next frame; None after `timeout` seconds."""
+        return await self._get(frames=True, messages=True, timeout=timeout)
+
+    async def _get(self, frames: bool, messages: bool, timeout: float | None = None) -> Frame | dict[str, Any] | None:
+        while True:
+            with self._lock:
+                if messages and self._messages:
+                    return self._messages.popleft()
+                if frames and self._frames:
+                    return self._frames.popleft()
+                if self.closed:
+                    raise OutboxClosedError
+                self._event.clear()
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._event.wait()
+            except TimeoutError:
+                return None

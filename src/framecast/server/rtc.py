@@ -1,0 +1,160 @@
+"""The WebRTC transport (aiortc): the browser posts an SDP offer, gets an answer; video goes out on a track
+fed by the session's frames, control messages and replies go over a data channel (same JSON as the
+WebSocket). No STUN or TURN: `iceServers` is empty. When the server listens on loopback, ICE uses loopback
+candidates only, on both sides (aioice skips 127.0.0.1 by default, so it is told to use it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fractions
+import ipaddress
+import json
+import logging
+import time
+from typing import Any
+
+import aioice.ice
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
+from av import VideoFrame
+
+from framecast.server.logs import log_event
+from framecast.server.manager import SessionManager
+from framecast.server.outbox import OutboxClosedError
+from framecast.server.ratemeter import RateMeter
+from framecast.server.session import Session
+
+log = logging.getLogger("framecast.server.rtc")
+CLOCK = 90_000  # RTP video clock
+TIME_BASE = fractions.Fraction(1, CLOCK)
+
+
+def _loopback_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    return ["127.0.0.1"] if use_ipv4 else []
+
+
+def use_loopback_ice() -> None:
+    """Make aioice gather 127.0.0.1 only (it is a process-wide switch of that library; idempotent)."""
+    aioice.ice.get_host_addresses = _loopback_addresses  # type: ignore[attr-defined]
+
+
+def loopback_candidates_only(sdp: str) -> str:
+    """Drop remote candidates that are not loopback addresses, so ICE checks go nowhere else."""
+    return "\r\n".join(line for line in sdp.splitlines() if not _foreign_candidate(line)) + "\r\n"
+
+
+def _foreign_candidate(line: str) -> bool:
+    if not line.startswith("a=candidate:"):
+        return False
+    parts = line.split()
+    try:
+        return not ipaddress.ip_address(parts[4]).is_loopback
+    except (IndexError, ValueError):
+        return True  # mDNS names (x.local) and garbage
+
+
+class SessionTrack(VideoStreamTrack):
+    """Video of one session: its frames at their play times."""
+
+    def __init__(self, session: Session, manager: SessionManager, meter: RateMeter) -> None:
+        super().__init__()
+        self.session, self.manager, self.meter = session, manager, meter
+        self._t0, self._last_pts = time.monotonic(), -1
+
+    async def recv(self) -> VideoFrame:
+        try:
+            frame = await self.session.outbox.get_frame()
+            while self.session.params is None:  # stopped: skip stale frames
+                frame = await self.session.outbox.get_frame()
+        except OutboxClosedError:
+            self.stop()
+            raise MediaStreamError from None
+        delay = frame.pts - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        t0 = time.perf_counter()
+        out = VideoFrame.from_ndarray(frame.image, format="rgb24")
+        self._last_pts = max(self._last_pts + 1, int((time.monotonic() - self._t0) * CLOCK))
+        out.pts, out.time_base = self._last_pts, TIME_BASE
+        self.manager.metrics.stage_seconds.labels("encode").observe(time.perf_counter() - t0)
+        self.manager.metrics.frames_sent.inc()
+        self.meter.tick()
+        return out
+
+
+class RtcHub:
+    """The peer connections of one server."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+        self.loopback = manager.settings.loopback
+        self.peers: dict[RTCPeerConnection, Session] = {}
+        if self.loopback:
+            use_loopback_ice()
+
+    async def answer(self, sdp: str) -> dict[str, Any]:
+        """Answer a browser's offer with a new session (raises `manager.RefusedError` when there is no room)."""
+        s = self.manager.open("webrtc")
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.peers[pc] = s
+        meter = RateMeter()
+        pc.on("datachannel", lambda ch: self._bind(pc, s, ch, meter))
+        pc.on("connectionstatechange", lambda: self._state_changed(pc))
+        try:
+            offer = loopback_candidates_only(sdp) if self.loopback else sdp
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            if not any(t.kind == "video" for t in pc.getTransceivers()):
+                raise ValueError("the offer has no video transceiver")
+            pc.addTrack(SessionTrack(s, self.manager, meter))
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception:
+            await self.end(pc)
+            raise
+        log_event(log, "rtc_answer", session=s.id)
+        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": s.id}
+
+    def _bind(self, pc: RTCPeerConnection, s: Session, channel: Any, meter: RateMeter) -> None:
+        def on_message(raw: str | bytes) -> None:
+            s.outbox.put_message(self.manager.handle(s, raw))
+
+        def on_close() -> None:  # the client closed the channel or its peer connection: end the session
+            task.cancel()
+            asyncio.ensure_future(self.end(pc))
+
+        channel.on("message", on_message)
+        s.outbox.put_message(self.manager.hello(s))
+        task = asyncio.ensure_future(self._pump(s, channel, meter))
+        channel.on("close", on_close)
+
+    async def _pump(self, s: Session, channel: Any, meter: RateMeter) -> None:
+        """Replies and stats to the data channel."""
+        interval = self.manager.settings.stats_interval_s
+        next_stats = time.monotonic() + interval
+        with contextlib.suppress(OutboxClosedError):
+            while True:
+                msg = await s.outbox.get_message(timeout=max(next_stats - time.monotonic(), 0.0))
+                if time.monotonic() >= next_stats:
+                    next_stats = time.monotonic() + interval
+                    _send(channel, self.manager.stats(s, meter.rate()))
+                if msg is not None:
+                    _send(channel, msg)
+
+    async def _state_changed(self, pc: RTCPeerConnection) -> None:
+        if pc.connectionState in ("failed", "closed"):
+            await self.end(pc)
+
+    async def end(self, pc: RTCPeerConnection) -> None:
+        s = self.peers.pop(pc, None)
+        if s is not None:
+            self.manager.close(s)
+        await pc.close()
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.end(pc) for pc in list(self.peers)), return_exceptions=True)
+
+
+def _send(channel: Any, message: dict[str, Any]) -> None:
+    if channel.readyState == "open":
+        channel.send(json.dumps(message))

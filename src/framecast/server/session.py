@@ -1,0 +1,83 @@
+"""One viewer's session: what the transports and the engine thread share about it.
+
+The asyncio side (a transport) posts commands and reads the outbox; the engine thread owns the stream
+(`engine_loop.Live`) and writes frames, messages and counters. Commands cross threads through a deque
+(append and popleft are atomic), counters are plain numbers written by one thread only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from framecast.server.capacity import Demand
+from framecast.server.outbox import Outbox
+
+_ids = itertools.count(1)  # session ids: unique and readable in logs; not state that anything depends on
+
+
+@dataclass(frozen=True)
+class StreamParams:
+    """How a session's stream runs; fixed from one start message to the next."""
+
+    prompt: str
+    seed: int
+    steps: int
+    fps: float
+    format: str = "jpeg"
+    quality: int = 80
+
+
+@dataclass(frozen=True)
+class Start:
+    params: StreamParams
+
+
+@dataclass(frozen=True)
+class SetPrompt:
+    text: str
+    blend: int
+    received: float  # time.monotonic() when the message arrived
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Close:
+    pass
+
+
+Command = Start | SetPrompt | Stop | Close
+
+
+@dataclass
+class SessionStats:
+    """Counters of the current stream, written by the engine thread (reset at every start)."""
+
+    chunks: int = 0
+    frames: int = 0
+    misses: int = 0
+    latency_ms: float = 0.0  # chunk latency, exponential average: admitted -> decoded
+    prompt_latency_ms: float | None = None  # last prompt change -> first frame with the new prompt
+    started: float = field(default_factory=time.monotonic)
+
+
+class Session:
+    def __init__(self, outbox: Outbox, transport: str) -> None:
+        self.id = f"s{next(_ids)}"
+        self.transport = transport
+        self.outbox = outbox
+        self.commands: deque[Command] = deque()
+        self.params: StreamParams | None = None  # what the client last started (asyncio side)
+        self.demand: Demand | None = None  # capacity reserved while streaming
+        self.stats = SessionStats()
+        self.opened = time.monotonic()
+
+    @property
+    def streaming(self) -> bool:
+        return self.params is not None

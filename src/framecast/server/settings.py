@@ -1,0 +1,71 @@
+"""Settings of the live server: where it listens, how many sessions, pacing and admission limits."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from framecast.errors import InputError
+
+MAX_CONTROL_BYTES = 4096  # a control message larger than this is refused with a JSON error
+MAX_PROMPT_CHARS = 500
+MAX_SEED = 2**31 - 1
+ABSOLUTE_MAX_FPS = 10_000.0  # sanity bound of the protocol; `ServerSettings.max_fps` is the real limit
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """How the server runs. Times in seconds.
+
+    max_sessions:    hard cap on connected sessions (WebSocket or WebRTC), streaming or not.
+    fps:             a session's target frame rate when its start message names none (None: the model's).
+    max_fps:         highest target frame rate a client may ask for.
+    queue_chunks:    chunks of frames buffered per session before the oldest frame is dropped.
+    lead_chunks:     how far ahead of a session's playback the engine may generate, in chunks.
+    max_utilization: admission refuses a start that would push the predicted engine load above this.
+    admission:       False turns capacity-based admission off (max_sessions still holds).
+    max_batch_rows:  most sessions in one forward pass (earliest deadlines first).
+    calibrate_passes: forward passes timed at startup to seed the cost model.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_sessions: int = 8
+    fps: float | None = None
+    max_fps: float = 60.0
+    queue_chunks: int = 3
+    lead_chunks: float = 1.0
+    max_utilization: float = 0.85
+    admission: bool = True
+    max_batch_rows: int = 16
+    calibrate_passes: int = 4
+    stats_interval_s: float = 0.5
+    shutdown_timeout_s: float = 5.0
+    ws_max_bytes: int = 65536  # above this the WebSocket protocol itself closes the connection (1009)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"--port must be between 0 and 65535, got {self.port}")
+        if self.max_sessions < 1:
+            raise InputError(f"--max-sessions must be at least 1, got {self.max_sessions}")
+        if not 0 < self.max_fps <= ABSOLUTE_MAX_FPS:
+            raise InputError(f"max_fps must be in (0, {ABSOLUTE_MAX_FPS:g}], got {self.max_fps}")
+        if self.fps is not None and not 0 < self.fps <= self.max_fps:
+            raise InputError(f"--fps must be in (0, {self.max_fps:g}], got {self.fps}")
+        for name in ("queue_chunks", "max_batch_rows"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.max_utilization <= 1.0 or self.lead_chunks < 0 or self.calibrate_passes < 0:
+            raise InputError("max_utilization must be in (0, 1], lead_chunks and calibrate_passes >= 0")
+        if self.ws_max_bytes < MAX_CONTROL_BYTES:
+            raise InputError(f"ws_max_bytes must be at least {MAX_CONTROL_BYTES}")
+
+    @property
+    def loopback(self) -> bool:
+        """True when the server listens on a loopback address only (WebRTC then uses loopback candidates)."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False

@@ -1,0 +1,94 @@
+"""Stage 1: train the built-in autoencoder on frame groups of the procedural world.
+
+Loss: L1 + MSE of the reconstruction. The decoder also sees slightly noised latents, so that the
+imperfect latents a diffusion model makes still decode cleanly. After training, per-channel latent
+statistics are folded into the autoencoder (`set_latent_stats`), so the DiT sees unit-variance latents.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, save_autoencoder
+from framecast.train.data import frame_groups
+from framecast.train.loop import LoopConfig, new_state, resume, step_rng, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AETrainConfig:
+    model: AutoencoderConfig = field(
+        default_factory=lambda: AutoencoderConfig(latent_channels=16, width=24, max_width=128, res_blocks=2)
+    )
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3000, lr=1e-3, ema=0.995))
+    batch: int = 16
+    height: int = 64
+    width: int = 64
+    latent_noise: float = 0.1  # std of noise added to latents, relative to their std
+    latent_penalty: float = 1e-4
+
+
+def reconstruction_loss(ae: TinyAutoencoder, x: Tensor, cfg: AETrainConfig) -> tuple[Tensor, dict[str, float]]:
+    """x: (B, 3, tf, H, W) in [-1, 1] -> loss and shown figures."""
+    z = ae.encode(x)  # (B, C, 1, h, w)
+    noisy = z + cfg.latent_noise * z.detach().std() * torch.randn_like(z)
+    y = ae.decode(noisy)
+    mse = (y - x).pow(2).mean()
+    loss = mse + (y - x).abs().mean() + cfg.latent_penalty * z.pow(2).mean()
+    return loss, {"mse": mse.item(), "psnr": psnr(mse.item())}
+
+
+def psnr(mse: float) -> float:
+    """PSNR in dB of an MSE measured on [-1, 1] pixels."""
+    return float(10 * np.log10(4.0 / max(mse, 1e-10)))
+
+
+@torch.no_grad()
+def evaluate(ae: nn.Module, cfg: AETrainConfig, batches: int = 4) -> dict[str, float]:
+    """Reconstruction PSNR on fixed held-out frame groups (seeded apart from training data)."""
+    assert isinstance(ae, TinyAutoencoder)
+    ae.eval()
+    tf = ae.temporal_factor
+    mses = []
+    for i in range(batches):
+        x = frame_groups(step_rng(10**9 + 7, i), cfg.batch, tf, cfg.height, cfg.width)
+        mses.append((ae.decode(ae.encode(x)) - x).pow(2).mean().item())
+    return {"eval_psnr": psnr(float(np.mean(mses)))}
+
+
+@torch.no_grad()
+def latent_stats(ae: TinyAutoencoder, cfg: AETrainConfig, batches: int = 16) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and std (C,) of raw encoder outputs over random groups."""
+    ae.set_latent_stats(torch.zeros(ae.latent_channels), torch.ones(ae.latent_channels))
+    zs = [ae.encode(frame_groups(step_rng(7, i), cfg.batch, ae.temporal_factor, cfg.height, cfg.width))
+          for i in range(batches)]
+    z = torch.cat(zs).transpose(0, 1).flatten(1)  # (C, everything)
+    return z.mean(1), z.std(1)
+
+
+def train_autoencoder(out: Path, cfg: AETrainConfig, resume_run: bool = True) -> TinyAutoencoder:
+    """Train, checkpointing to `out/checkpoint`; the EMA model with latent statistics goes to `out/autoencoder`."""
+    torch.manual_seed(cfg.loop.seed)
+    ts = new_state(TinyAutoencoder(cfg.model), cfg.loop)
+    if resume_run:
+        resume(ts, out / "checkpoint")
+    tf = cfg.model.temporal_factor
+
+    def loss_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
+        assert isinstance(model, TinyAutoencoder)
+        return reconstruction_loss(model, frame_groups(rng, cfg.batch, tf, cfg.height, cfg.width), cfg)
+
+    train(ts, cfg.loop, loss_fn, out / "checkpoint", lambda s: evaluate(s.ema, cfg), desc="autoencoder")
+    ae = ts.ema
+    assert isinstance(ae, TinyAutoencoder)
+    ae.set_latent_stats(*latent_stats(ae, cfg))
+    save_autoencoder(ae, out / "autoencoder")
+    log.info("autoencoder: %s", evaluate(ae, cfg))
+    return ae

@@ -1,0 +1,119 @@
+"""Training data from the procedural world: frame groups for the autoencoder, clips with captions for the DiT.
+
+Pixel layout: float tensors (B, 3, T, H, W) in [-1, 1], as the autoencoder takes them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from framecast.world.render import render
+from framecast.world.sample import sample_scene
+from framecast.world.scene import ObjectSpec, Scene, object_state
+from framecast.world.vocab import allowed_on, is_heldout
+
+MAX_START = 4000  # frames: clips start anywhere in the first ~3 minutes of a scene
+SCENE_POOL = 1024  # autoencoder batches draw from this many scenes (each at random times), sampled once
+
+
+@functools.lru_cache(maxsize=SCENE_POOL)
+def pooled_scene(index: int, height: int, width: int) -> Scene:
+    """Training scene number `index` of the autoencoder's pool; cached, since sampling one takes milliseconds."""
+    return sample_scene(index, "train", height=height, width=width)
+
+
+def to_pixels(frames: np.ndarray) -> Tensor:
+    """uint8 (B, T, H, W, 3) -> float (B, 3, T, H, W) in [-1, 1]."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
+    return x.permute(0, 4, 1, 2, 3)
+
+
+def frame_groups(rng: np.random.Generator, batch: int, frames: int, height: int, width: int) -> Tensor:
+    """`batch` random groups of `frames` consecutive frames of training scenes: (B, 3, frames, H, W)."""
+    out = []
+    for _ in range(batch):
+        scene = pooled_scene(int(rng.integers(SCENE_POOL)), height, width)
+        out.append(render(scene, int(rng.integers(MAX_START)), frames))
+    return to_pixels(np.stack(out))
+
+
+@dataclass
+class Sample:
+    """One DiT training sample: a sink group then a window of groups further on, with a caption per group.
+
+    frames: (G * tf, H, W, 3) uint8; starts: first frame of each group (the temporal positions are
+    starts // tf); captions: one per group (a prompt switch changes the caption part way).
+    """
+
+    frames: np.ndarray
+    group_start: list[int]
+    captions: list[str]
+
+
+def clip_sample(
+    rng: np.random.Generator, window: int, tf: int, max_gap: int, height: int, width: int, switch_prob: float
+) -> Sample:
+    """A sink group at frame 0 and `window` consecutive groups starting `gap` groups later (gap >= 1)."""
+    from framecast.world import caption
+
+    scene = sample_scene(int(rng.integers(2**31)), "train", height=height, width=width)
+    gap = 1 if rng.random() < 0.4 else int(rng.integers(2, max_gap + 1))
+    starts = [0] + [(gap + i) * tf for i in range(window)]
+    frames = [render(scene, s, tf) for s in starts]
+    captions = [caption(scene, rng)] * (window + 1)
+    if rng.random() < switch_prob:
+        at = int(rng.integers(2, window + 1))  # switch before group `at` of the window (index into starts)
+        new = switched_scene(scene, rng, starts[at])
+        frames[at:] = [render(new, s - starts[at], tf) for s in starts[at:]]
+        captions[at:] = [caption(new, rng)] * (window + 1 - at)
+    return Sample(np.concatenate(frames), starts, captions)
+
+
+def switched_scene(scene: Scene, rng: np.random.Generator, frame: int) -> Scene:
+    """The scene after a prompt switch at `frame`: objects keep their place, some attributes change.
+
+    The new scene's frame 0 is `frame` of the old one. Colors and shapes change; a single object may also
+    change its motion (two objects keep theirs, so they stay in their own halves).
+    """
+    for _ in range(100):
+        seed = int(rng.integers(2**31))
+        fresh = sample_scene(seed, "train", num_objects=len(scene.objects), height=scene.height, width=scene.width)
+        single = len(scene.objects) == 1
+        objects = tuple(_continue(a, b, frame, single) for a, b in zip(scene.objects, fresh.objects, strict=True))
+        background = fresh.background if rng.random() < 0.3 else scene.background
+        candidate = dataclasses.replace(scene, objects=objects, background=background)
+        if _valid(candidate):
+            return candidate
+    return scene
+
+
+def _continue(old: ObjectSpec, new: ObjectSpec, frame: int, may_change_motion: bool) -> ObjectSpec:
+    """`new`'s look (and motion, if allowed) at `old`'s place at `frame`, kept inside the new bounds."""
+    x, y = object_state(old, frame)
+    obj = dataclasses.replace(new, x=x, y=y) if may_change_motion else dataclasses.replace(
+        old, x=x, y=y, color=new.color, shape=new.shape, size=new.size
+    )
+    x0, y0, x1, y1 = obj.bounds
+    half = obj.size / 2
+    if obj.motion not in ("left", "right"):
+        x = min(max(x, x0 + half), x1 - half)
+    if obj.motion not in ("up", "down"):
+        y = min(max(y, y0 + half), y1 - half)
+    return dataclasses.replace(obj, x=x, y=y)
+
+
+def _valid(scene: Scene) -> bool:
+    """Training scenes only: no held-out triple, distinct colors, each object visible on the background."""
+    bg = scene.background
+    colors = [o.color for o in scene.objects]
+    return (
+        len(set(colors)) == len(colors)
+        and not any(is_heldout(o.color, o.shape, o.motion) for o in scene.objects)
+        and all(allowed_on(o.color, bg.top, bg.bottom) for o in scene.objects)
+    )

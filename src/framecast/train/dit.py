@@ -1,0 +1,114 @@
+"""Stage 3: train the causal DiT on pre-encoded latents with flow matching and diffusion forcing.
+
+Every group (latent frame) of a sample gets its own noise level, and attention follows the engine's
+visibility rule (block-causal, a window of chunks plus sinks), so one model serves both a clean cache
+and the moving-buffer stream batch. Half of the samples draw levels independently (diffusion forcing);
+the other half use the pattern of the stream batch: the newest group at pass j of a k-step schedule,
+the group m before it at pass j + m, clean groups further back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from framecast.engine.batch import visible
+from framecast.models.config import DiTConfig, preset
+from framecast.models.dit import CausalWanDiT, CrossKV
+from framecast.sampling.flow import shift_sigma, sigmas
+from framecast.train.loop import LoopConfig
+
+
+def default_model() -> DiTConfig:
+    return preset("tiny")
+
+
+@dataclass(frozen=True)
+class DiTTrainConfig:
+    model: DiTConfig = field(default_factory=default_model)
+    loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=10000, lr=5e-4, warmup=300, ema=0.999))
+    batch: int = 16
+    stream_prob: float = 0.5  # share of samples with the stream-batch pattern of noise levels
+    shift: float = 3.0  # schedule shift of the stream pattern (the model's default at inference)
+    sink_clean_prob: float = 0.7
+    window_chunks: int = 6
+    sink_chunks: int = 1
+
+
+def stream_levels(rng: np.random.Generator, groups: int, shift: float) -> np.ndarray:
+    """(groups,) levels of a stream batch: newest at pass j, group m back at pass j + m (clean at the end)."""
+    steps = int(rng.integers(1, 5))
+    sig = sigmas(steps, shift).numpy()  # (steps + 1,), sig[steps] = 0
+    j = int(rng.integers(steps))
+    back = np.arange(groups)[::-1]  # m for each group, oldest first
+    return sig[np.minimum(j + back, steps)]
+
+
+def independent_levels(rng: np.random.Generator, groups: int, cfg: DiTTrainConfig) -> np.ndarray:
+    """(groups,) levels drawn independently (diffusion forcing), uniform or shifted towards noise."""
+    u = rng.random(groups)
+    if rng.random() < 0.5:
+        u = shift_sigma(torch.from_numpy(u), cfg.shift).numpy()
+    if rng.random() < cfg.sink_clean_prob:
+        u[: cfg.sink_chunks] = 0.0
+    return u
+
+
+def sample_levels(rng: np.random.Generator, batch: int, groups: int, cfg: DiTTrainConfig) -> Tensor:
+    """Noise levels (B, G) in [0, 1]."""
+    rows = [
+        stream_levels(rng, groups, cfg.shift)
+        if rng.random() < cfg.stream_prob
+        else independent_levels(rng, groups, cfg)
+        for _ in range(batch)
+    ]
+    return torch.from_numpy(np.stack(rows)).float()
+
+
+def attention_mask(groups: int, tokens: int, cfg: DiTTrainConfig) -> Tensor:
+    """(1, 1, N, N) bool, N = groups * tokens: the engine's visibility rule over the sample's groups."""
+    chunk = torch.arange(groups).repeat_interleave(tokens)
+    return visible(chunk, chunk, cfg.sink_chunks, cfg.window_chunks)[None, None]
+
+
+def per_group_cross(model: CausalWanDiT, text: Tensor) -> CrossKV:
+    """Text embeddings (B, G, T, D) -> cross K/V (L, B, G, T, h, hd), one condition per group."""
+    B, G = text.shape[:2]
+    kv = model.cross_kv(text.flatten(0, 1))  # (L, B * G, T, h, hd)
+    return CrossKV(kv.k.unflatten(1, (B, G)), kv.v.unflatten(1, (B, G)))
+
+
+def flow_loss(
+    model: CausalWanDiT, batch: dict[str, Tensor], rng: np.random.Generator, cfg: DiTTrainConfig
+) -> tuple[Tensor, dict[str, float]]:
+    """Velocity MSE on the noisy groups of a batch: latents (B, G, C, h, w), positions (B, G), text (B, G, T, D)."""
+    x0 = batch["latents"].transpose(1, 2)  # (B, C, G, h, w)
+    B, _, G = x0.shape[:3]
+    sigma = sample_levels(rng, B, G, cfg)  # (B, G)
+    noise = torch.randn_like(x0)
+    s = sigma[:, None, :, None, None]
+    xt = (1 - s) * x0 + s * noise
+    mask = attention_mask(G, model.config.tokens_per_frame, cfg)
+    out = model(xt, sigma * 1000.0, batch["positions"], per_group_cross(model, batch["text"]), None, mask)
+    err = (out.velocity.float() - (noise - x0)).pow(2).mean(dim=(1, 3, 4))  # (B, G)
+    weight = (sigma > 0).float()
+    loss = (err * weight).sum() / weight.sum().clamp_min(1.0)
+    return loss, {"loss": loss.item()}
+
+
+def take(data: dict[str, Tensor], rng: np.random.Generator, batch: int) -> dict[str, Tensor]:
+    """A random batch of samples from the latent dataset."""
+    idx = torch.from_numpy(rng.integers(data["latents"].shape[0], size=batch))
+    return {k: v[idx] for k, v in data.items()}
+
+
+def new_model(cfg: DiTTrainConfig, seed: int) -> CausalWanDiT:
+    """A fresh DiT whose output head starts at zero (a stable start for flow matching)."""
+    torch.manual_seed(seed)
+    model = CausalWanDiT(cfg.model)
+    torch.nn.init.zeros_(model.head.head.weight)
+    torch.nn.init.zeros_(model.head.head.bias)
+    return model

@@ -1,0 +1,122 @@
+"""The stages end to end: autoencoder -> latent dataset -> DiT -> a model folder the pipeline loads.
+
+    out/
+      autoencoder/{checkpoint,autoencoder}/    stage 1
+      latents/shard_*.safetensors              stage 2
+      dit/checkpoint/, dit/samples/*.mp4       stage 3
+      model/                                   framecast.json, dit/, autoencoder/ (load with --model out/model)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from framecast.models.autoencoder import TinyAutoencoder, load_autoencoder
+from framecast.models.dit import CausalWanDiT
+from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_encoder
+from framecast.pipeline import Pipeline, PipelineConfig
+from framecast.train.autoencoder import AETrainConfig, train_autoencoder
+from framecast.train.checkpoint import TrainState
+from framecast.train.dit import DiTTrainConfig, flow_loss, new_model, take
+from framecast.train.latents import LatentDataConfig, build_latents, load_latents
+from framecast.train.loop import new_state, resume, train
+
+log = logging.getLogger(__name__)
+
+SAMPLE_PROMPTS = ("a red circle moving left", "a blue square bouncing off the walls on a white background")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    autoencoder: AETrainConfig = field(default_factory=AETrainConfig)
+    latents: LatentDataConfig = field(default_factory=LatentDataConfig)
+    dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
+    fps: float = 24.0
+    threads: int = 0  # torch threads; 0 keeps torch's default
+
+
+def pipeline_config(cfg: RunConfig) -> PipelineConfig:
+    return PipelineConfig(fps=cfg.fps, text_encoder="minilm", stream={"shift": cfg.dit.shift})
+
+
+def stage_autoencoder(out: Path, cfg: RunConfig, resume_run: bool) -> TinyAutoencoder:
+    done = out / "autoencoder" / "autoencoder"
+    if resume_run and (done / "model.safetensors").is_file():
+        log.info("autoencoder already trained: %s", done)
+        return load_autoencoder(done)
+    return train_autoencoder(out / "autoencoder", cfg.autoencoder, resume_run)
+
+
+def stage_dit(
+    out: Path, cfg: RunConfig, ae: TinyAutoencoder, text: TextEncoder, data: dict[str, Tensor], resume_run: bool
+) -> CausalWanDiT:
+    ts = new_state(new_model(cfg.dit, cfg.dit.loop.seed), cfg.dit.loop)
+    if resume_run:
+        resume(ts, out / "dit" / "checkpoint")
+
+    def loss_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
+        assert isinstance(model, CausalWanDiT)
+        return flow_loss(model, take(data, rng, cfg.dit.batch), rng, cfg.dit)
+
+    def on_checkpoint(s: TrainState) -> dict[str, float]:
+        return write_samples(s, out / "dit" / "samples", ae, text, cfg)
+
+    train(ts, cfg.dit.loop, loss_fn, out / "dit" / "checkpoint", on_checkpoint, desc="dit")
+    assert isinstance(ts.ema, CausalWanDiT)
+    return ts.ema
+
+
+@torch.no_grad()
+def write_samples(
+    ts: TrainState, folder: Path, ae: TinyAutoencoder, text: TextEncoder, cfg: RunConfig
+) -> dict[str, float]:
+    """Sample videos of the EMA model, and the share of frames where the detector finds the prompted color."""
+    from framecast.io.video import VideoWriter
+    from framecast.world import detect_objects
+
+    assert isinstance(ts.ema, CausalWanDiT)
+    pipe = Pipeline(ts.ema, ae, text, pipeline_config(cfg))
+    folder.mkdir(parents=True, exist_ok=True)
+    hits = []
+    for i, prompt in enumerate(SAMPLE_PROMPTS):
+        frames = pipe.generate(prompt, num_frames=48, seed=i)
+        h, w = frames.shape[1:3]
+        with VideoWriter(folder / f"step{ts.step:06d}_{i}.mp4", cfg.fps, w, h) as vw:
+            for f in frames:
+                vw.write(f)
+        color = prompt.split()[1]
+        hits += [any(d.color == color for d in detect_objects(f)) for f in frames]
+    return {"sample_color": float(np.mean(hits))}
+
+
+def run_config(ae_steps: int, dit_steps: int, samples: int, batch: int, seed: int, threads: int) -> RunConfig:
+    """The recipe of the built-in model with the command line's sizes."""
+    base = RunConfig()
+    ae = replace(base.autoencoder, loop=replace(base.autoencoder.loop, steps=ae_steps, seed=seed))
+    dit = replace(base.dit, batch=batch, loop=replace(base.dit.loop, steps=dit_steps, seed=seed))
+    return replace(base, autoencoder=ae, dit=dit, latents=replace(base.latents, samples=samples), threads=threads)
+
+
+def train_all(out: Path, cfg: RunConfig, resume_run: bool = True, stop_after: str = "dit") -> Path:
+    """Run every stage not yet done, up to `stop_after`; returns the folder of the last stage."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out.mkdir(parents=True, exist_ok=True)
+    ae = stage_autoencoder(out, cfg, resume_run)
+    if stop_after == "autoencoder":
+        return out / "autoencoder"
+    text = CachedTextEncoder(load_text_encoder("minilm"))
+    paths = build_latents(out / "latents", cfg.latents, ae, text)
+    if stop_after == "latents":
+        return out / "latents"
+    data = load_latents(paths)
+    dit = stage_dit(out, cfg, ae, text, data, resume_run)
+    folder = Pipeline(dit, ae, text, pipeline_config(cfg)).save(out / "model")
+    log.info("model written to %s", folder)
+    return folder
