@@ -52,7 +52,9 @@ class AutoencoderConfig:
 
     `spatial_factor` must be a power of 2 (one stride-2 stage per factor of 2). Conv channels are `width`
     at full resolution and double at every stage up to `max_width`; `res_blocks` residual blocks run at
-    the latent resolution, where they are cheap.
+    the latent resolution, where they are cheap. `unshuffle` > 1 folds unshuffle x unshuffle pixel blocks
+    into channels before the first conv (and unfolds them after the last), so no conv runs at full
+    resolution: much cheaper, and edges stay sharp because every output pixel has its own channel.
     """
 
     in_channels: int = 3
@@ -62,6 +64,7 @@ class AutoencoderConfig:
     width: int = 32
     max_width: int = 128
     res_blocks: int = 1
+    unshuffle: int = 1
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -69,8 +72,12 @@ class AutoencoderConfig:
             low = 0 if f.name == "res_blocks" else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InputError(f"AutoencoderConfig.{f.name} must be a positive integer, got {value!r}")
-        if self.spatial_factor & (self.spatial_factor - 1):
-            raise InputError(f"spatial_factor must be a power of 2, got {self.spatial_factor}")
+        for name in ("spatial_factor", "unshuffle"):
+            value = getattr(self, name)
+            if value & (value - 1):
+                raise InputError(f"{name} must be a power of 2, got {value}")
+        if self.unshuffle > self.spatial_factor:
+            raise InputError(f"unshuffle ({self.unshuffle}) must not exceed spatial_factor ({self.spatial_factor})")
 
     def to_dict(self) -> dict[str, int]:
         """Plain JSON-able dict of the fields."""
@@ -92,12 +99,12 @@ class AutoencoderConfig:
 
 
 def _stages(config: AutoencoderConfig) -> int:
-    """Number of stride-2 stages: log2(spatial_factor)."""
-    return int(math.log2(config.spatial_factor))
+    """Number of stride-2 conv stages: log2(spatial_factor / unshuffle)."""
+    return int(math.log2(config.spatial_factor // config.unshuffle))
 
 
 def _widths(config: AutoencoderConfig) -> list[int]:
-    """Conv channels at each resolution, full resolution first: (stages + 1,) entries."""
+    """Conv channels at each conv resolution, the finest first: (stages + 1,) entries."""
     return [min(config.width * 2**s, config.max_width) for s in range(_stages(config) + 1)]
 
 
@@ -115,8 +122,9 @@ class ResBlock(nn.Module):
 
 def _build_encoder(config: AutoencoderConfig) -> nn.Sequential:
     """(N, in_channels * tf, H, W) -> (N, latent_channels, H / sf, W / sf)."""
-    w = _widths(config)
-    layers: list[nn.Module] = [nn.Conv2d(config.in_channels * config.temporal_factor, w[0], 3, padding=1)]
+    w, u = _widths(config), config.unshuffle
+    layers: list[nn.Module] = [nn.PixelUnshuffle(u)] if u > 1 else []
+    layers += [nn.Conv2d(config.in_channels * config.temporal_factor * u * u, w[0], 3, padding=1)]
     for s in range(_stages(config)):
         layers += [nn.SiLU(), nn.Conv2d(w[s], w[s + 1], 3, stride=2, padding=1)]
     layers += [ResBlock(w[-1]) for _ in range(config.res_blocks)]
@@ -131,8 +139,10 @@ def _build_decoder(config: AutoencoderConfig) -> nn.Sequential:
     layers += [ResBlock(w[0]) for _ in range(config.res_blocks)]
     for s in range(_stages(config)):
         layers += [nn.SiLU(), nn.Upsample(scale_factor=2.0), nn.Conv2d(w[s], w[s + 1], 3, padding=1)]
-    out_channels = config.in_channels * config.temporal_factor
-    layers += [nn.SiLU(), nn.Conv2d(w[-1], out_channels, 3, padding=1), nn.Tanh()]
+    u = config.unshuffle
+    out_channels = config.in_channels * config.temporal_factor * u * u
+    layers += [nn.SiLU(), nn.Conv2d(w[-1], out_channels, 3, padding=1)]
+    layers += [nn.PixelShuffle(u), nn.Tanh()] if u > 1 else [nn.Tanh()]
     return nn.Sequential(*layers)
 
 

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AETrainConfig:
     model: AutoencoderConfig = field(
-        default_factory=lambda: AutoencoderConfig(latent_channels=16, width=24, max_width=128, res_blocks=2)
+        default_factory=lambda: AutoencoderConfig(
+            latent_channels=16, width=64, max_width=128, res_blocks=2, unshuffle=4
+        )
     )
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3000, lr=1e-3, ema=0.995))
     batch: int = 16
