@@ -5,12 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from framecast.engine import batch
 from framecast.engine.batch import visible
 from framecast.engine.engine import Engine
 from framecast.models.dit import CausalWanDiT
+from framecast.models.rope import shift_frames
+from framecast.stream import scheduler
+from framecast.stream.cache import RingKV, staging_slots
 from framecast.stream.config import StreamConfig
+from framecast.stream.live import Conditioner
+from framecast.stream.positions import PositionPlan
 from framecast.stream.state import Condition, StreamState
-from tests.conftest import RandomTextEncoder, tiny_model
+from tests.conftest import RandomTextEncoder, tiny_config, tiny_model
 
 
 def _cond(model: CausalWanDiT, text: str) -> Condition:
@@ -130,3 +136,111 @@ def test_ten_thousand_chunks_bounded() -> None:
     limit = (cfg.refresh_chunks + cfg.cache_chunks + cfg.final_pass) * model.config.chunk_frames
     assert -limit <= lo and hi <= limit
     assert torch.isfinite(st.ring.k).all()
+
+
+# -- fast paths of the hot loop against their slow paths ------------------------------------------------
+
+
+def _warm_state(model: CausalWanDiT, batch_steps: bool, passes: int = 12) -> tuple[StreamState, Condition]:
+    cfg = StreamConfig(steps=3, window_chunks=2, sink_chunks=1, refresh_chunks=5, batch_steps=batch_steps)
+    st, eng, cond = _state(model, cfg, 3), Engine(model), _cond(model, "red")
+    for _ in range(passes):  # past warm-up: full ring, masks, staged keys, a RoPE refresh
+        eng.step([st], [lambda: cond])
+    return st, cond
+
+
+@pytest.mark.parametrize("batch_steps", [True, False])
+def test_single_row_equals_general_batch_path(batch_steps: bool) -> None:
+    """One row goes to the model as it is (views, cached mask); the general path pads and concatenates."""
+    model = tiny_model()
+    for passes in (1, 3, 12):
+        st, cond = _warm_state(model, batch_steps, passes)
+        if scheduler.needs_chunk(st):
+            scheduler.admit(st, cond)
+        c = model.config
+        req = scheduler.next_request(st, c.head_dim, c.rope_theta)
+        with torch.inference_mode():
+            fast = batch._run_one(model, req, {})[0]
+            slow = batch._run_many(model, [req], None)[0]
+        torch.testing.assert_close(fast.velocity, slow.velocity, rtol=1e-6, atol=1e-6)
+        for a, b in zip(fast.keys + fast.values, slow.keys + slow.values, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+def _ring(final_pass: int = 4) -> RingKV:
+    ring = RingKV.empty(2, 1, 3, 4, 2, 12, torch.float32, torch.device("cpu"), staging_slots(final_pass))
+    ring.store.copy_(torch.randn(ring.store.shape, generator=torch.Generator().manual_seed(0)))
+    return ring
+
+
+def test_gather_equals_slot_copies() -> None:
+    ring = _ring()
+    S = len(ring.chunks)
+    for slots in ([0, 1, 2], [2, 0, 5, 9], [3, 12, 4], list(range(S))):
+        k, v = ring.gather(slots)
+        torch.testing.assert_close(k, torch.cat([ring.store[0, :, s] for s in slots], 1)[:, None], rtol=0, atol=0)
+        torch.testing.assert_close(v, torch.cat([ring.store[1, :, s] for s in slots], 1)[:, None], rtol=0, atol=0)
+    assert ring.gather(list(range(S)))[0].data_ptr() == ring.store.data_ptr()  # the whole ring is a view
+
+
+def test_write_and_stage_copy_the_right_tokens() -> None:
+    ring, N = _ring(), 4
+    keys = [torch.randn(3, 2 * N, 2, 12) for _ in range(2)]  # two layers, a batch of 3 rows of 2 chunks
+    values = [torch.randn(3, 2 * N, 2, 12) for _ in range(2)]
+    ring.write(5, keys, values, row=1, start=N)
+    s = ring.slot(5)
+    torch.testing.assert_close(ring.k[:, s], torch.stack([k[1, N:] for k in keys]), rtol=0, atol=0)
+    torch.testing.assert_close(ring.v[:, s], torch.stack([v[1, N:] for v in values]), rtol=0, atol=0)
+    assert ring.chunks[s] == 5 and ring.last == 5
+    ring.stage(7, 2, keys, values, row=2, start=0)
+    t = ring.staged_at(7, 2)
+    assert t is not None and ring.staged_at(7, 1) is None and ring.staged_at(6, 2) is None
+    torch.testing.assert_close(ring.store[0, :, t], torch.stack([k[2, :N] for k in keys]), rtol=0, atol=0)
+    ring.stage(10, 2, keys, values, row=0, start=0)  # pass 2 keeps 3 slots: chunk 10 takes chunk 7's
+    assert ring.staged_at(7, 2) is None and ring.staged_at(10, 2) == t
+
+
+def test_rotate_to_equals_shift_frames_per_slot() -> None:
+    ring = _ring()
+    cfg = StreamConfig(steps=2, window_chunks=3, sink_chunks=1, refresh_chunks=2)
+    plan = PositionPlan(cfg, 1)
+    ring.chunks = [0, -1, 4, 5]  # a sink, an empty slot, two window chunks
+    for epoch in (1, 3, 2, 7):
+        before = ring.k.clone()
+        expected = [
+            shift_frames(before[:, s], plan.frame_delta(c, ring.epoch, epoch), 12, 10_000.0) if c >= 0 else before[:, s]
+            for s, c in enumerate(ring.chunks)
+        ]
+        ring.rotate_to(epoch, plan, 12, 10_000.0)
+        for s, exp in enumerate(expected):
+            torch.testing.assert_close(ring.k[:, s], exp, rtol=0, atol=0)
+
+
+def test_row_positions_equal_frame_positions() -> None:
+    cfg = StreamConfig(steps=3, window_chunks=2, sink_chunks=1, refresh_chunks=5)
+    plan = PositionPlan(cfg, 2)
+    for tick in range(40):
+        rows = [list(range(max(0, tick - cfg.final_pass), tick + 1))]  # a stream batch row
+        rows += [[tick - j] for j in range(cfg.final_pass + 1) if tick - j >= 0]  # sequential rows
+        for chunks in rows:
+            slow = torch.cat([plan.frame_positions(c, tick) for c in chunks])[None]
+            torch.testing.assert_close(plan.row_positions(chunks, tick), slow, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(4, 2, 4, 4), (16, 1, 8, 8), (3, 1, 6, 6)])
+def test_noise_blocks_equal_one_draw_per_chunk(shape: tuple[int, int, int, int]) -> None:
+    """Noise drawn a block of chunks at a time gives the numbers one draw per chunk gives."""
+    C, cf, H, W = shape
+    mc = tiny_config(in_channels=C, out_channels=C, chunk_frames=cf, latent_height=H, latent_width=W)
+    st = StreamState.create(mc, StreamConfig(), 5, torch.float32, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(5)
+    for _ in range(2 * scheduler.NOISE_BLOCK + 3):
+        torch.testing.assert_close(scheduler._next_noise(st)[0], torch.randn(shape, generator=gen), rtol=0, atol=0)
+
+
+def test_conditioner_is_least_recently_used() -> None:
+    computed: list[str] = []
+    cond = Conditioner(lambda text: computed.append(text) or torch.zeros(1), lambda e: Condition(e, e), size=2)
+    for text in ["a", "a", "b", "a", "c", "a", "b"]:  # "c" evicts "b", the least recently used
+        cond(text)
+    assert computed == ["a", "b", "c", "b"]

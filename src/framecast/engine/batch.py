@@ -1,10 +1,11 @@
 """One forward pass over the ready work of many streams.
 
-Each stream hands in a `PassRequest` (one batch row): the latent frames of its chunks in flight,
-their timesteps and positions, the keys/values it may attend to, and which chunk every frame and
-every cached token belongs to. Rows are padded to a common length and run as one batch; the
-results are cut back into one `PassResult` per row. Visibility follows one rule everywhere:
-a frame of chunk a sees chunk c if c <= a and (c is a sink or a - c <= window).
+Each stream hands in a `PassRequest` (one batch row, as a batch of one): the latent frames of its
+chunks in flight, their timesteps and positions, the keys/values it may attend to, and which chunk
+every frame and every cached token belongs to. A single row goes to the denoiser as it is; several
+rows are padded to a common length and concatenated into one batch. Every row gets a `PassResult`.
+Visibility follows one rule everywhere: a frame of chunk a sees chunk c if c <= a and (c is a sink or
+a - c <= window).
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ from torch import Tensor
 
 from framecast.models.dit import CausalWanDiT, CrossKV, PastKV
 
+SINK = -(1 << 40)  # offset that keeps sink chunk ids apart from relative ids in mask cache keys
+
 
 @dataclass
 class PassRequest:
-    x: Tensor  # (C, F, H, W) latent frames of this row's chunks, oldest first
-    t: Tensor  # (F,) timesteps
-    pos: Tensor  # (F,) long temporal positions
+    x: Tensor  # (1, C, F, H, W) latent frames of this row's chunks, oldest first
+    t: Tensor  # (1, F) timesteps
+    pos: Tensor  # (1, F) long temporal positions
     frame_chunk: list[int]  # (F,) chunk of every frame
-    cross_k: Tensor  # (L, F, T, h, hd) text keys per frame
+    cross_k: Tensor  # (L, 1, F, T, h, hd) text keys per frame
     cross_v: Tensor
-    past_k: Tensor | None  # (L, M, h, hd) cached keys, rotated
+    past_k: Tensor | None  # (L, 1, M, h, hd) cached keys, rotated
     past_v: Tensor | None
     past_chunk: list[int]  # chunk of every cached token group (M / tokens_per_chunk_frame entries)
     sinks: int
@@ -35,9 +38,15 @@ class PassRequest:
 
 @dataclass
 class PassResult:
-    velocity: Tensor  # (C, F, H, W)
-    keys: list[Tensor]  # per layer (F * P, h, hd)
+    """Output of one row: velocity (1, C, F, H, W); keys/values of the whole batch, this row's at `row`.
+
+    keys, values: per layer (B, N', h, hd); the row's own tokens are keys[l][row, :F * P] (padding after).
+    """
+
+    velocity: Tensor
+    keys: list[Tensor]
     values: list[Tensor]
+    row: int = 0
 
 
 def visible(query_chunk: Tensor, key_chunk: Tensor, sinks: int, window: int) -> Tensor:
@@ -46,40 +55,70 @@ def visible(query_chunk: Tensor, key_chunk: Tensor, sinks: int, window: int) -> 
     return (c >= 0) & (c <= a) & ((c < sinks) | (a - c <= window))
 
 
-def _token_ids(chunks: list[int], per: int, length: int) -> Tensor:
-    """Chunk id of each token of a row, padded with -1 to `length`."""
-    ids = torch.tensor(chunks, dtype=torch.long).repeat_interleave(per)
-    return F.pad(ids, (0, length - ids.numel()), value=-1)
+def run_batch(
+    model: CausalWanDiT, reqs: list[PassRequest], mask_cache: dict[tuple, Tensor] | None = None
+) -> list[PassResult]:
+    """Run all rows in one forward pass; the denoiser is called here and nowhere else in the hot loop."""
+    return _run_one(model, reqs[0], mask_cache) if len(reqs) == 1 else _run_many(model, reqs, mask_cache)
 
 
-def _row_mask(r: PassRequest, P: int, M: int, N: int) -> Tensor:
-    """(N, M + N) mask of one row; padded queries see their own position so softmax stays finite."""
-    per_past = r.past_k.shape[1] // max(len(r.past_chunk), 1) if r.past_k is not None else 1
-    q = _token_ids(r.frame_chunk, P, N)
-    keys = torch.cat([_token_ids(r.past_chunk, per_past, M), q])
-    m = visible(q, keys, r.sinks, r.window)
-    pad = q < 0
-    m[pad, M:] = torch.eye(N, dtype=torch.bool)[pad]
-    return m
+def _run_one(model: CausalWanDiT, r: PassRequest, mask_cache: dict[tuple, Tensor] | None) -> list[PassResult]:
+    """A single row: its tensors are already a batch of one, so nothing is padded or copied."""
+    past = None if r.past_k is None or r.past_v is None else PastKV(r.past_k, r.past_v)
+    mask = None
+    if not _all_visible(r):
+        P, M = model.config.tokens_per_frame, _past_len(r)
+        mask = _cached_mask(r, P, M, r.x.shape[2] * P, mask_cache, r.x.device)
+    out = model(r.x, r.t, r.pos, CrossKV(r.cross_k, r.cross_v), past, mask)
+    return [PassResult(out.velocity, out.keys, out.values)]
 
 
-def _stack(xs: list[Tensor], dim: int) -> Tensor:
-    """torch.stack, but a view (no copy) for a single row."""
-    return xs[0].unsqueeze(dim) if len(xs) == 1 else torch.stack(xs, dim)
+def _run_many(model: CausalWanDiT, reqs: list[PassRequest], mask_cache: dict[tuple, Tensor] | None) -> list[PassResult]:
+    """Rows padded to the longest (frames and cached tokens) and concatenated along the batch."""
+    P = model.config.tokens_per_frame
+    Fmax = max(r.x.shape[2] for r in reqs)
+    Mmax = max(_past_len(r) for r in reqs)
+    x = torch.cat([_pad(r.x, 2, Fmax) for r in reqs])  # (B, C, F, H, W)
+    t = torch.cat([_pad(r.t, 1, Fmax) for r in reqs])  # (B, F)
+    pos = torch.cat([_pad(r.pos, 1, Fmax) for r in reqs])
+    cross = CrossKV(
+        torch.cat([_pad(r.cross_k, 2, Fmax) for r in reqs], 1), torch.cat([_pad(r.cross_v, 2, Fmax) for r in reqs], 1)
+    )
+    past = _cat_past(reqs, Mmax)
+    mask = None
+    if not all(r.x.shape[2] == Fmax and _past_len(r) == Mmax and _all_visible(r) for r in reqs):
+        mask = torch.cat([_cached_mask(r, P, Mmax, Fmax * P, mask_cache, x.device) for r in reqs])  # (B, 1, N, M + N)
+    out = model(x, t, pos, cross, past, mask)
+    return [PassResult(out.velocity[i : i + 1, :, : r.x.shape[2]], out.keys, out.values, i) for i, r in enumerate(reqs)]
 
 
-def _cached_mask(r: PassRequest, P: int, M: int, N: int, cache: dict[tuple, Tensor] | None) -> Tensor:
-    """A row's mask, reused across passes: it depends only on chunk ids relative to the row's newest."""
-    if cache is None:
-        return _row_mask(r, P, M, N)
-    base = r.frame_chunk[-1]
-    rel = lambda c: ("sink", c) if c < r.sinks else c - base  # noqa: E731
-    key = (tuple(map(rel, r.frame_chunk)), tuple(map(rel, r.past_chunk)), r.sinks, r.window, P, M, N)
-    if key not in cache:
-        if len(cache) > 256:
-            cache.clear()
-        cache[key] = _row_mask(r, P, M, N)
-    return cache[key]
+def _past_len(r: PassRequest) -> int:
+    return 0 if r.past_k is None else r.past_k.shape[2]
+
+
+def _cat_past(reqs: list[PassRequest], M: int) -> PastKV | None:
+    if M == 0:
+        return None
+    ref = next(r.past_k for r in reqs if r.past_k is not None)
+    assert ref is not None
+    ks, vs = [], []
+    for r in reqs:
+        if r.past_k is None or r.past_v is None:
+            shape = (ref.shape[0], 1, M, *ref.shape[3:])
+            ks.append(ref.new_zeros(shape))
+            vs.append(ref.new_zeros(shape))
+        else:
+            ks.append(_pad(r.past_k, 2, M))
+            vs.append(_pad(r.past_v, 2, M))
+    return PastKV(torch.cat(ks, 1), torch.cat(vs, 1))
+
+
+def _all_visible(r: PassRequest) -> bool:
+    """True when the row needs no mask: a single chunk that sees every cached chunk handed in."""
+    a = r.frame_chunk[0]
+    if r.frame_chunk[-1] != a:
+        return False
+    return all(0 <= c <= a and (c < r.sinks or a - c <= r.window) for c in r.past_chunk)
 
 
 def _pad(x: Tensor, dim: int, length: int) -> Tensor:
@@ -91,60 +130,46 @@ def _pad(x: Tensor, dim: int, length: int) -> Tensor:
     return torch.cat([x, x.new_zeros(shape)], dim)
 
 
-def run_batch(
-    model: CausalWanDiT, reqs: list[PassRequest], mask_cache: dict[tuple, Tensor] | None = None
-) -> list[PassResult]:
-    """Run all rows in one forward pass; the denoiser is called here and nowhere else in the hot loop."""
-    P = model.config.tokens_per_frame
-    Fmax = max(r.x.shape[1] for r in reqs)
-    Mmax = max(0 if r.past_k is None else r.past_k.shape[1] for r in reqs)
-    x = _stack([_pad(r.x, 1, Fmax) for r in reqs], 0)  # (B, C, F, H, W)
-    t = _stack([_pad(r.t, 0, Fmax) for r in reqs], 0).to(x.device)  # (B, F)
-    pos = _stack([_pad(r.pos, 0, Fmax) for r in reqs], 0).to(x.device)
-    cross = CrossKV(
-        _stack([_pad(r.cross_k, 1, Fmax) for r in reqs], 1), _stack([_pad(r.cross_v, 1, Fmax) for r in reqs], 1)
+# -- masks ---------------------------------------------------------------------------------------------
+
+
+def _token_ids(chunks: list[int], per: int, length: int) -> Tensor:
+    """Chunk id of each token of a row, padded with -1 to `length`."""
+    ids = torch.tensor(chunks, dtype=torch.long).repeat_interleave(per)
+    return F.pad(ids, (0, length - ids.numel()), value=-1)
+
+
+def _row_mask(r: PassRequest, P: int, M: int, N: int) -> Tensor:
+    """(N, M + N) mask of one row; padded queries see their own position so softmax stays finite."""
+    per_past = _past_len(r) // max(len(r.past_chunk), 1)
+    q = _token_ids(r.frame_chunk, P, N)
+    keys = torch.cat([_token_ids(r.past_chunk, per_past, M), q])
+    m = visible(q, keys, r.sinks, r.window)
+    pad = q < 0
+    m[pad, M:] = torch.eye(N, dtype=torch.bool)[pad]
+    return m
+
+
+def _cached_mask(
+    r: PassRequest, P: int, M: int, N: int, cache: dict[tuple, Tensor] | None, device: torch.device
+) -> Tensor:
+    """A row's mask (1, 1, N, M + N) on `device`, reused across passes: it depends only on chunk ids
+    relative to the row's newest (sinks by their own id)."""
+    if cache is None:
+        return _row_mask(r, P, M, N)[None, None].to(device)
+    base, sinks = r.frame_chunk[-1], r.sinks
+    key = (
+        tuple([c - base if c >= sinks else SINK + c for c in r.frame_chunk]),
+        tuple([c - base if c >= sinks else SINK + c for c in r.past_chunk]),
+        sinks,
+        r.window,
+        P,
+        M,
+        N,
     )
-    past = _stack_past(reqs, Mmax)
-    mask = None
-    if not _all_visible(reqs, Fmax, Mmax):
-        rows = [_cached_mask(r, P, Mmax, Fmax * P, mask_cache) for r in reqs]
-        mask = _stack(rows, 0)[:, None].to(x.device, non_blocking=True)  # (B, 1, N, M + N)
-    out = model(x, t, pos, cross, past, mask)
-    return [_cut(out.velocity, out.keys, out.values, i, r, P) for i, r in enumerate(reqs)]
-
-
-def _stack_past(reqs: list[PassRequest], M: int) -> PastKV | None:
-    if M == 0:
-        return None
-    if len(reqs) == 1 and reqs[0].past_k is not None and reqs[0].past_v is not None:
-        return PastKV(reqs[0].past_k[:, None], reqs[0].past_v[:, None])  # a view: no copy of the cache
-    ks, vs = [], []
-    for r in reqs:
-        if r.past_k is None or r.past_v is None:
-            ref = next(q.past_k for q in reqs if q.past_k is not None)
-            assert ref is not None
-            shape = (ref.shape[0], M, *ref.shape[2:])
-            ks.append(ref.new_zeros(shape))
-            vs.append(ref.new_zeros(shape))
-        else:
-            ks.append(_pad(r.past_k, 1, M))
-            vs.append(_pad(r.past_v, 1, M))
-    return PastKV(torch.stack(ks, 1), torch.stack(vs, 1))
-
-
-def _all_visible(reqs: list[PassRequest], Fmax: int, Mmax: int) -> bool:
-    """True when no mask is needed: one chunk per row, same lengths, every cached chunk visible."""
-    for r in reqs:
-        if r.x.shape[1] != Fmax or len(set(r.frame_chunk)) != 1:
-            return False
-        if (0 if r.past_k is None else r.past_k.shape[1]) != Mmax:
-            return False
-        a = r.frame_chunk[0]
-        if any(not (0 <= c <= a and (c < r.sinks or a - c <= r.window)) for c in r.past_chunk):
-            return False
-    return True
-
-
-def _cut(v: Tensor, keys: list[Tensor], values: list[Tensor], i: int, r: PassRequest, P: int) -> PassResult:
-    Fr = r.x.shape[1]
-    return PassResult(v[i, :, :Fr], [k[i, : Fr * P] for k in keys], [u[i, : Fr * P] for u in values])
+    mask = cache.get(key)
+    if mask is None:
+        if len(cache) > 256:
+            cache.clear()
+        mask = cache[key] = _row_mask(r, P, M, N)[None, None].to(device)
+    return mask

@@ -1,28 +1,53 @@
-"""The per-stream self-attention KV cache: a ring buffer of chunks with sinks that are never evicted.
+"""The per-stream self-attention KV cache: a ring buffer of chunks with sinks that are never evicted,
+plus the staging slots of a sequential stream. All memory is allocated once; nothing grows.
 
-Layout: k, v (L, S, N, heads, head_dim) with S = sink_chunks + window_chunks slots of N tokens (one
-chunk). Slot s holds chunk `chunks[s]` (-1 when empty). Sink chunks 0..sinks-1 own the first slots;
-later chunks overwrite the window slots in turn. Memory is fixed at creation; nothing grows.
+Layout: one store per keys and values, (L, S + G, N, heads, head_dim), N tokens (one chunk) a slot.
+The first S = sink_chunks + window_chunks slots are the ring (`k`, `v` are views of them): slot s holds
+chunk `chunks[s]` (-1 when empty); sink chunks 0..sinks-1 own the first slots and later chunks overwrite
+the window slots in turn. The G staging slots hold the keys of (chunk, pass) pairs of a sequential
+stream that later chunks read (see `stream.scheduler`): pass p gets p + 1 slots, used in turn.
+Keys and values are written straight into their slots, and a pass's context is one gather over slots.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-from framecast.models.rope import shift_frames
+from framecast.models.rope import apply_rope, inv_freqs
 from framecast.stream.positions import PositionPlan
+
+EMPTY = (-1, -1)  # (chunk, pass) of an unused staging slot
+
+
+def staging_slots(final_pass: int) -> list[int]:
+    """Staging slots per pass 0..final-1: pass p (1 <= p < final) is read by the p chunks after it."""
+    return [p + 1 if p >= 1 else 0 for p in range(final_pass)]
 
 
 @dataclass
 class RingKV:
-    k: Tensor  # (L, S, N, h, hd)
-    v: Tensor  # (L, S, N, h, hd)
-    chunks: list[int]  # (S,) chunk held by each slot, -1 = empty
+    store: Tensor  # (2, L, S + G, N, h, hd): keys then values; S ring slots, then G staging slots
+    chunks: list[int]  # (S,) chunk held by each ring slot, -1 = empty
     sinks: int
+    stage_sizes: list[int] = field(default_factory=list)  # staging slots per pass, see `staging_slots`
     epoch: int = 0
+
+    def __post_init__(self) -> None:
+        S, (_, L, slots, N) = len(self.chunks), self.store.shape[:4]
+        self.device, self.window, self.tokens = self.store.device, S - self.sinks, N
+        self.k, self.v = self.store[0, :, :S], self.store[1, :, :S]  # (L, S, N, h, hd) views: the ring
+        self.full, self.last = False, -1  # every ring slot filled; the chunk written last
+        self.staged: list[tuple[int, int]] = [EMPTY] * (slots - S)  # (chunk, pass) per staging slot
+        self._stage_start = [S + sum(self.stage_sizes[:p]) for p in range(len(self.stage_sizes))]
+        # per slot: (1, N, h, hd) views of every layer's keys, then values, where one batch row is copied to
+        self._dst = [[self.store[i, j, s : s + 1] for i in range(2) for j in range(L)] for s in range(slots)]
+        self._ring_view = (self.k.flatten(1, 2)[:, None], self.v.flatten(1, 2)[:, None])  # (L, 1, S * N, h, hd)
+        self._ring_slots = list(range(S))
+        self._angles: dict[tuple, tuple[Tensor, Tensor]] = {}  # rotation cos/sin by slot shifts
+        self._gather_idx: dict[tuple[int, ...], Tensor] = {}
 
     @classmethod
     def empty(
@@ -35,36 +60,98 @@ class RingKV:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device,
+        stage_sizes: list[int] | None = None,
     ) -> RingKV:
-        shape = (layers, sinks + window, tokens, heads, head_dim)
-        z = torch.zeros(shape, dtype=dtype, device=device)
-        return cls(z, z.clone(), [-1] * (sinks + window), sinks)
-
-    @property
-    def window(self) -> int:
-        return self.k.shape[1] - self.sinks
+        sizes = stage_sizes or []
+        shape = (2, layers, sinks + window + sum(sizes), tokens, heads, head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), [-1] * (sinks + window), sinks, sizes)
 
     def slot(self, chunk: int) -> int:
         if chunk < self.sinks:
             return chunk
         return self.sinks + (chunk - self.sinks) % self.window
 
-    def write(self, chunk: int, k: Tensor, v: Tensor) -> None:
-        """Store the keys/values (L, N, h, hd) of `chunk`, rotated at this ring's epoch."""
+    def write(self, chunk: int, keys: list[Tensor], values: list[Tensor], row: int = 0, start: int = 0) -> None:
+        """Store the keys/values of `chunk`, rotated at this ring's epoch, straight from a pass's output:
+        per layer (B, N', h, hd), tokens start..start + N of batch row `row`."""
         s = self.slot(chunk)
-        self.k[:, s].copy_(k)
-        self.v[:, s].copy_(v)
-        self.chunks[s] = chunk
+        self._copy(s, keys, values, row, start)
+        self.chunks[s], self.last = chunk, chunk
+        if not self.full:
+            self.full = min(self.chunks) >= 0
+
+    def ring_view(self) -> tuple[Tensor, Tensor]:
+        """Keys/values of the whole ring in slot order as one batch row (L, 1, S * N, h, hd): a view."""
+        return self._ring_view
+
+    def stage(self, chunk: int, p: int, keys: list[Tensor], values: list[Tensor], row: int, start: int) -> None:
+        """Keep the keys/values of `chunk` at pass p (1 <= p < final) for later chunks; arguments as `write`."""
+        s = self._stage_slot(chunk, p)
+        self._copy(s, keys, values, row, start)
+        self.staged[s - len(self.chunks)] = (chunk, p)
+
+    def staged_at(self, chunk: int, p: int) -> int | None:
+        """Store slot holding `chunk` at pass p, or None if it is not staged."""
+        if chunk < 0 or not 1 <= p < len(self.stage_sizes):
+            return None
+        s = self._stage_slot(chunk, p)
+        return s if self.staged[s - len(self.chunks)] == (chunk, p) else None
+
+    def _stage_slot(self, chunk: int, p: int) -> int:
+        return self._stage_start[p] + chunk % self.stage_sizes[p]
+
+    def _copy(self, s: int, keys: list[Tensor], values: list[Tensor], row: int, start: int) -> None:
+        N = self.tokens
+        if keys[0].shape[0] != 1:  # a row of a batch of several streams
+            keys, values = [k[row : row + 1] for k in keys], [v[row : row + 1] for v in values]
+        if start != 0 or keys[0].shape[1] != N:  # one chunk of a row of several
+            keys, values = [k.narrow(1, start, N) for k in keys], [v.narrow(1, start, N) for v in values]
+        torch._foreach_copy_(self._dst[s], keys + values)  # one call for every layer's keys and values
+
+    def gather(self, slots: list[int]) -> tuple[Tensor, Tensor]:
+        """Keys/values of the given store slots, in that order, as one batch row: (L, 1, len * N, h, hd).
+
+        The whole ring in slot order is a view (no copy); anything else is one gather.
+        """
+        if slots == self._ring_slots:
+            return self._ring_view
+        key = tuple(slots)
+        idx = self._gather_idx.get(key)
+        if idx is None:
+            if len(self._gather_idx) > 256:
+                self._gather_idx.clear()
+            idx = self._gather_idx[key] = torch.tensor(slots, device=self.device)
+        _, L, _, N, h, hd = self.store.shape
+        k, v = self.store.index_select(2, idx).view(2, L, 1, len(slots) * N, h, hd).unbind(0)
+        return k, v
 
     def rotate_to(self, epoch: int, plan: PositionPlan, head_dim: int, theta: float) -> None:
-        """Re-rotate every cached key in place from this ring's epoch to `epoch` (exact)."""
+        """Re-rotate every cached key in place from this ring's epoch to `epoch` (exact: rotations compose).
+
+        One rotation of the whole ring, each slot by its own temporal shift (none for most sinks and
+        empty slots). Staged keys need none: a staged (chunk, pass) is only read at the tick it was written.
+        """
         if epoch == self.epoch:
             return
-        for s, chunk in enumerate(self.chunks):
-            delta = plan.frame_delta(chunk, self.epoch, epoch) if chunk >= 0 else 0
-            if delta:
-                self.k[:, s] = shift_frames(self.k[:, s], delta, head_dim, theta)
+        deltas = tuple([plan.frame_delta(c, self.epoch, epoch) if c >= 0 else 0 for c in self.chunks])
+        if any(deltas):
+            cos, sin = self._shift_angles(deltas, head_dim, theta)
+            self.k.copy_(apply_rope(self.k, cos, sin))
         self.epoch = epoch
 
+    def _shift_angles(self, deltas: tuple[int, ...], head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+        """cos, sin (1, S, 1, 1, hd / 2) moving each slot by its temporal shift, as `rope.shift_frames` does."""
+        angles = self._angles.get((deltas, head_dim, theta))
+        if angles is None:
+            f_inv = inv_freqs(head_dim, theta)[0]  # (df / 2,) float64; spatial angles stay zero
+            ang = torch.zeros(len(deltas), head_dim // 2, dtype=torch.float64)
+            ang[:, : f_inv.numel()] = torch.tensor(deltas, dtype=torch.float64)[:, None] * f_inv
+            ang = ang.view(1, len(deltas), 1, 1, -1).to(self.device)
+            if len(self._angles) > 64:
+                self._angles.clear()
+            angles = self._angles[(deltas, head_dim, theta)] = (ang.cos().float(), ang.sin().float())
+        return angles
+
     def nbytes(self) -> int:
-        return self.k.numel() * self.k.element_size() * 2
+        """Bytes of the ring and the staging slots (fixed for the life of the stream)."""
+        return self.store.numel() * self.store.element_size()

@@ -18,15 +18,19 @@ class Conditioner:
     def __init__(self, embed: Callable[[str], Tensor], cross: Callable[[Tensor], Condition], size: int = 64) -> None:
         self.embed, self.cross = embed, cross
         self._cache: dict[str, Condition] = {}
+        self._last: tuple[str, Condition] | None = None  # the most recent entry of the cache
         self.size = size
 
     def __call__(self, text: str) -> Condition:
+        if self._last is not None and self._last[0] == text:  # already the most recent: nothing moves
+            return self._last[1]
         cond = self._cache.pop(text, None)
         if cond is None:
             cond = self.cross(self.embed(text))
         self._cache[text] = cond  # most recent last
         if len(self._cache) > self.size:
             self._cache.pop(next(iter(self._cache)))
+        self._last = (text, cond)
         return cond
 
 

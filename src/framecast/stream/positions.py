@@ -12,7 +12,7 @@ Keys are cached after RoPE and re-rotated in place when the epoch changes (rotat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -24,6 +24,18 @@ from framecast.stream.config import StreamConfig
 class PositionPlan:
     cfg: StreamConfig
     chunk_frames: int
+    device: torch.device = field(default=torch.device("cpu"), compare=False)  # where row positions go
+    # positions (1, P) that rows of window chunks take, in order: a row's positions are a view of it
+    _table: Tensor = field(init=False, repr=False, compare=False)
+    _first: int = field(init=False, repr=False, compare=False)  # position of _table[0, 0]
+    _views: dict[tuple[int, int], Tensor] = field(init=False, repr=False, compare=False)  # (start, F) -> view
+
+    def __post_init__(self) -> None:
+        # window chunks of the pass at tick T are T - final .. T, moved back by epoch * refresh
+        first, last = -(self.cfg.final_pass + 1) * self.chunk_frames, (self.cfg.refresh_chunks + 1) * self.chunk_frames
+        object.__setattr__(self, "_table", torch.arange(first, last, device=self.device)[None])
+        object.__setattr__(self, "_first", first)
+        object.__setattr__(self, "_views", {})
 
     def epoch(self, tick: int) -> int:
         return tick // self.cfg.refresh_chunks
@@ -44,3 +56,19 @@ class PositionPlan:
     def frame_delta(self, chunk: int, from_epoch: int, to_epoch: int) -> int:
         """Temporal positions by which cached keys of `chunk` move between two epochs."""
         return (self.chunk_shift(chunk, to_epoch) - self.chunk_shift(chunk, from_epoch)) * self.chunk_frames
+
+    def row_positions(self, chunks: list[int], tick: int) -> Tensor:
+        """Positions (1, F) long, on `device`, of the frames of a row's chunks (oldest first) at `tick`.
+
+        Consecutive window chunks have consecutive positions: a view of a table built once.
+        """
+        cf, epoch = self.chunk_frames, self.epoch(tick)
+        if chunks[0] >= self.cfg.sink_chunks and chunks[-1] - chunks[0] == len(chunks) - 1:
+            a, F = (chunks[0] + self.chunk_shift(chunks[0], epoch)) * cf - self._first, len(chunks) * cf
+            view = self._views.get((a, F))
+            if view is None and a >= 0 and a + F <= self._table.shape[1]:
+                view = self._views[(a, F)] = self._table.narrow(1, a, F)
+            if view is not None:
+                return view
+        starts = [(c + self.chunk_shift(c, epoch)) * cf for c in chunks]
+        return torch.tensor([[s + i for s in starts for i in range(cf)]], device=self.device)

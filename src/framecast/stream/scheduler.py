@@ -11,20 +11,38 @@ chunk n - m as it was at pass min(j + m, final), plus the sinks, within the wind
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from framecast.engine.batch import PassRequest, PassResult
-from framecast.sampling.flow import euler_step, noise_like
-from framecast.stream.state import Condition, InFlight, Staged, StreamState
+from framecast.sampling.flow import noise_like
+from framecast.stream.state import Condition, InFlight, PassTable, StreamState
+
+NOISE_BLOCK = 8  # chunks of noise drawn at once where that gives the same numbers (see `_next_noise`)
 
 
 def admit(state: StreamState, cond: Condition) -> None:
-    """Start the next chunk from noise drawn from the stream's own generator."""
-    noise = noise_like(state.latent_shape, state.generator, dtype=torch.float32)  # (C, cf, H, W), on the CPU
-    x = noise.to(state.ring.k.device, non_blocking=True)
-    state.inflight.append(InFlight(state.next_chunk, x, 0, cond))
+    """Start the next chunk from noise drawn from the stream's own generator; it joins the row last."""
+    x = _next_noise(state)  # (1, C, cf, H, W)
+    state.x = x if state.x is None else torch.cat([state.x, x], 2)
+    state.inflight.append(InFlight(state.next_chunk, 0, cond))
     state.next_chunk += 1
+
+
+def _next_noise(state: StreamState) -> Tensor:
+    """Noise (1, C, cf, H, W) of the next chunk: the numbers one draw per chunk gives, drawn a block at a time.
+
+    The CPU generator fills normals 16 at a time, so when a chunk holds a multiple of 16 numbers, one draw
+    of NOISE_BLOCK chunks gives the same numbers as NOISE_BLOCK draws (tested); otherwise one chunk a draw.
+    """
+    if state.noise is None or state.noise_used == state.noise.shape[0]:
+        n = NOISE_BLOCK if state.generator.device.type == "cpu" and math.prod(state.latent_shape) % 16 == 0 else 1
+        noise = noise_like((n, *state.latent_shape), state.generator, dtype=torch.float32)  # on the generator's device
+        state.noise, state.noise_used = noise.to(state.ring.device, non_blocking=True), 0
+    state.noise_used += 1
+    return state.noise.narrow(0, state.noise_used - 1, 1)
 
 
 def needs_chunk(state: StreamState) -> bool:
@@ -33,89 +51,108 @@ def needs_chunk(state: StreamState) -> bool:
 
 
 def next_request(state: StreamState, head_dim: int, theta: float) -> PassRequest:
-    batch = state.cfg.batch_steps
-    rows = state.inflight if batch else state.inflight[:1]
-    tick = state.tick if batch else rows[0].chunk + rows[0].next_pass
-    state.ring.rotate_to(state.plan.epoch(tick), state.plan, head_dim, theta)
-    ctx = _ring_context(state, rows[-1].chunk) if batch else _sequential_context(state, rows[0])
+    """The stream's next pass as one batch row: every chunk in flight (sequential: the one chunk)."""
+    rows = state.inflight
+    tick = state.tick if state.cfg.batch_steps else rows[0].chunk + rows[0].next_pass
+    epoch = state.plan.epoch(tick)
+    if epoch != state.ring.epoch:
+        state.ring.rotate_to(epoch, state.plan, head_dim, theta)
+    ctx = _ring_context(state, rows[-1].chunk) if state.cfg.batch_steps else _sequential_context(state, rows[0])
     return _request(state, rows, tick, *ctx)
 
 
 def apply_result(state: StreamState, res: PassResult) -> list[Tensor]:
     """Advance the chunks of the last request; return finished latents (C, cf, H, W), oldest first."""
-    rows = state.inflight if state.cfg.batch_steps else state.inflight[:1]
-    cf = state.latent_shape[1]
-    per = res.keys[0].shape[0] // (len(rows) * cf)  # tokens per frame
-    done: list[Tensor] = []
-    for i, r in enumerate(rows):
-        if _advance(state, r, res, i * cf, per):
-            done.append(r.x)
-    state.inflight = [r for r in state.inflight if r.next_pass <= state.cfg.final_pass]
-    state.tick += 1
+    rows, cf, ring, table = state.inflight, state.latent_shape[1], state.ring, _table(state, state.inflight)
+    x, v = state.x, res.velocity  # (1, C, F, H, W) each
+    assert x is not None
+    if table.dsigma is not None:  # Euler step of every frame, with euler_step's arithmetic
+        dv = table.dsigma * v
+        x = x + (dv if dv.dtype == v.dtype else dv.to(v.dtype))
+    for i in range(table.final):
+        ring.write(rows[i].chunk, res.keys, res.values, res.row, i * ring.tokens)
+    for i, p in table.staged:  # kept for the next chunks, which would have seen them in flight
+        ring.stage(rows[i].chunk, p, res.keys, res.values, res.row, i * ring.tokens)
+    done = [x[0, :, i * cf : (i + 1) * cf] for i in table.emitted]
+    for r in rows:
+        r.next_pass += 1
+    state.x, state.tick = x, state.tick + 1
+    if table.final:  # the oldest chunks have the highest passes: the finished ones leave from the front
+        state.inflight = rows[table.final :]
+        state.x = x[:, :, table.final * cf :] if state.inflight else None
     return done
 
 
-def _advance(state: StreamState, r: InFlight, res: PassResult, frame: int, per: int) -> bool:
-    """Apply one pass to chunk r, whose frames start at `frame` of the row; True if r just became clean."""
-    cfg, j, cf = state.cfg, r.next_pass, state.latent_shape[1]
-    if j < cfg.steps:
-        r.x = euler_step(r.x, res.velocity[:, frame : frame + cf], state.sigmas[j], state.sigmas[j + 1])
-    if j == cfg.final_pass:
-        state.ring.write(r.chunk, *_slice_kv(res, frame * per, (frame + cf) * per))
-    elif not cfg.batch_steps and j >= 1:
-        state.staged[(r.chunk, j)] = Staged(*_slice_kv(res, frame * per, (frame + cf) * per))
-    r.next_pass += 1
-    return j == cfg.steps - 1
+def _table(state: StreamState, rows: list[InFlight]) -> PassTable:
+    """Timesteps, Euler steps and the fate of every row for the row's pass pattern, built once per pattern."""
+    key = tuple([r.next_pass for r in rows])
+    table = state.tables.get(key)
+    if table is None:
+        table = state.tables[key] = _make_table(state, key)
+    return table
 
 
-def _slice_kv(res: PassResult, a: int, b: int) -> tuple[Tensor, Tensor]:
-    """Keys and values of tokens a..b of the row, all layers: (L, N, h, hd) each."""
-    return torch.stack([k[a:b] for k in res.keys]), torch.stack([v[a:b] for v in res.values])
+def _make_table(state: StreamState, passes: tuple[int, ...]) -> PassTable:
+    cfg, s, cf, device = state.cfg, state.sigmas, state.latent_shape[1], state.ring.device
+    steps, final = cfg.steps, cfg.final_pass
+    t = torch.cat([(s[j] if j < steps else s[-1]).repeat(cf) for j in passes]) * 1000.0
+    zero = torch.zeros((), dtype=s.dtype)
+    d = torch.stack([s[j + 1] - s[j] if j < steps else zero for j in passes]).repeat_interleave(cf)
+    leaving = sum(j == final for j in passes)
+    assert all(j == final for j in passes[:leaving]), "chunks leave the row oldest first"
+    return PassTable(
+        t=t[None].to(device),
+        dsigma=d.view(1, 1, -1, 1, 1).to(device) if any(j < steps for j in passes) else None,
+        final=leaving,
+        staged=[] if cfg.batch_steps else [(i, j) for i, j in enumerate(passes) if 1 <= j < final],
+        emitted=[i for i, j in enumerate(passes) if j == steps - 1],
+    )
 
 
 def _ring_context(state: StreamState, newest: int) -> tuple[Tensor | None, Tensor | None, list[int]]:
-    """Filled ring slots with chunk <= newest: keys/values (L, M, h, hd) and their chunks."""
-    ring = state.ring
-    slots = [s for s, c in enumerate(ring.chunks) if 0 <= c <= newest]
-    if not slots:
-        return None, None, []
-    chunks = [ring.chunks[s] for s in slots]
-    if len(slots) == len(ring.chunks):
-        return ring.k.flatten(1, 2), ring.v.flatten(1, 2), chunks
-    idx = torch.tensor(slots, device=ring.k.device)
-    return ring.k[:, idx].flatten(1, 2), ring.v[:, idx].flatten(1, 2), chunks
+    """Filled ring slots with chunk <= newest: keys/values (L, 1, M, h, hd) and their chunks."""
+    ring, chunks = state.ring, state.ring.chunks
+    if ring.full and ring.last <= newest:  # the stream batch in steady state: the whole ring, a view
+        return *ring.ring_view(), list(chunks)
+    slots = [s for s, c in enumerate(chunks) if 0 <= c <= newest]
+    return _context(state, slots, [chunks[s] for s in slots])
 
 
 def _sequential_context(state: StreamState, cur: InFlight) -> tuple[Tensor | None, Tensor | None, list[int]]:
     """Ring chunks at their final pass, plus staged chunks n - m at pass j + m for m < final - j."""
-    n, j, final = cur.chunk, cur.next_pass, state.cfg.final_pass
-    state.staged = {key: s for key, s in state.staged.items() if key[0] + key[1] >= n}
-    k, v, chunks = _ring_context(state, n - (final - j))
-    ks, vs = ([k] if k is not None else []), ([v] if v is not None else [])
+    n, j, final, ring = cur.chunk, cur.next_pass, state.cfg.final_pass, state.ring
+    slots = [s for s, c in enumerate(ring.chunks) if 0 <= c <= n - (final - j)]
+    chunks = [ring.chunks[s] for s in slots]
     for m in range(1, final - j):
-        s = state.staged.get((n - m, j + m))
+        s = ring.staged_at(n - m, j + m)
         if s is not None:
-            ks.append(s.k)
-            vs.append(s.v)
+            slots.append(s)
             chunks.append(n - m)
-    if not ks:
+    return _context(state, slots, chunks)
+
+
+def _context(state: StreamState, slots: list[int], chunks: list[int]) -> tuple[Tensor | None, Tensor | None, list[int]]:
+    """Keys/values of the given store slots as one row (a view for the whole ring) and their chunks."""
+    if not slots:
         return None, None, []
-    return torch.cat(ks, 1), torch.cat(vs, 1), chunks
+    k, v = state.ring.gather(slots)
+    return k, v, chunks
 
 
 def _request(
     state: StreamState, rows: list[InFlight], tick: int, pk: Tensor | None, pv: Tensor | None, pc: list[int]
 ) -> PassRequest:
-    cfg, s = state.cfg, state.sigmas
-    cf = state.latent_shape[1]
-    t = torch.cat([(s[r.next_pass] if r.next_pass < cfg.steps else s[-1]).repeat(cf) for r in rows]) * 1000.0
+    assert state.x is not None
+    cfg, cf = state.cfg, state.latent_shape[1]
+    chunks = [r.chunk for r in rows]
+    cross_k, cross_v = _cross(state, rows)
     return PassRequest(
-        x=torch.cat([r.x for r in rows], 1),
-        t=t,
-        pos=torch.cat([state.plan.frame_positions(r.chunk, tick) for r in rows]),
-        frame_chunk=[r.chunk for r in rows for _ in range(cf)],
-        cross_k=_per_frame([r.cond.k for r in rows], cf),
-        cross_v=_per_frame([r.cond.v for r in rows], cf),
+        x=state.x,
+        t=_table(state, rows).t,
+        pos=state.plan.row_positions(chunks, tick),
+        frame_chunk=chunks if cf == 1 else [c for c in chunks for _ in range(cf)],
+        cross_k=cross_k,
+        cross_v=cross_v,
         past_k=pk,
         past_v=pv,
         past_chunk=pc,
@@ -124,8 +161,21 @@ def _request(
     )
 
 
+def _cross(state: StreamState, rows: list[InFlight]) -> tuple[Tensor, Tensor]:
+    """Condition (L, T, h, hd) of each chunk -> (L, 1, F, T, h, hd); a cached view when all chunks share one."""
+    cf, cond = state.latent_shape[1], rows[0].cond
+    if any(r.cond is not cond for r in rows):
+        return _per_frame([r.cond.k for r in rows], cf), _per_frame([r.cond.v for r in rows], cf)
+    frames = cf * len(rows)
+    if state.cross is None or state.cross[0] is not cond or state.cross[1] != frames:
+        state.cross = (cond, frames, _expand(cond.k, frames), _expand(cond.v, frames))
+    return state.cross[2], state.cross[3]
+
+
 def _per_frame(conds: list[Tensor], cf: int) -> Tensor:
-    """Condition (L, T, h, hd) of each chunk -> (L, F, T, h, hd); a view when all chunks share one."""
-    if all(c is conds[0] for c in conds):
-        return conds[0][:, None].expand(-1, cf * len(conds), -1, -1, -1)
-    return torch.cat([c[:, None].expand(-1, cf, -1, -1, -1) for c in conds], 1)
+    return torch.cat([_expand(c, cf) for c in conds], 2)
+
+
+def _expand(c: Tensor, frames: int) -> Tensor:
+    """(L, T, h, hd) -> (L, 1, frames, T, h, hd), a view."""
+    return c[:, None, None].expand(-1, -1, frames, -1, -1, -1)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from framecast.models.config import DiTConfig
 from framecast.sampling.flow import sigmas
-from framecast.stream.cache import RingKV
+from framecast.stream.cache import RingKV, staging_slots
 from framecast.stream.config import StreamConfig
 from framecast.stream.positions import PositionPlan
 
@@ -27,20 +27,22 @@ class Condition:
 
 @dataclass
 class InFlight:
-    """A chunk being denoised: its latent (C, cf, H, W) and the index of its next pass."""
+    """A chunk being denoised: the index of its next pass and its condition (its latent is in `StreamState.x`)."""
 
     chunk: int
-    x: Tensor
     next_pass: int
     cond: Condition
 
 
 @dataclass
-class Staged:
-    """Keys/values (L, N, h, hd) of one (chunk, pass), kept by a sequential stream for later chunks."""
+class PassTable:
+    """What a row's pass pattern (the next pass of each chunk in flight) fixes, computed once per pattern."""
 
-    k: Tensor
-    v: Tensor
+    t: Tensor  # (1, F) timesteps
+    dsigma: Tensor | None  # (1, 1, F, 1, 1) Euler step sigma_next - sigma of each frame (0: no step); None: none
+    final: int  # rows at their final pass (the first ones: they leave the row)
+    staged: list[tuple[int, int]]  # (row, pass) of rows whose keys/values are staged (sequential)
+    emitted: list[int]  # rows whose chunk is finished by this pass
 
 
 @dataclass
@@ -51,10 +53,14 @@ class StreamState:
     generator: torch.Generator
     sigmas: Tensor  # (steps + 1,) noise levels, last one 0
     latent_shape: tuple[int, int, int, int]  # (C, cf, H, W) of one chunk
-    inflight: list[InFlight] = field(default_factory=list)
-    staged: dict[tuple[int, int], Staged] = field(default_factory=dict)
+    inflight: list[InFlight] = field(default_factory=list)  # oldest first
+    x: Tensor | None = None  # (1, C, F, H, W) latents of the chunks in flight, oldest first: the next row
+    noise: Tensor | None = None  # (n, C, cf, H, W) noise of the next chunks, drawn ahead from `generator`
+    noise_used: int = 0  # chunks of `noise` already admitted
     next_chunk: int = 0
     tick: int = 0
+    tables: dict[tuple[int, ...], PassTable] = field(default_factory=dict)  # by the row's pass pattern
+    cross: tuple[Condition, int, Tensor, Tensor] | None = None  # last (condition, F, k, v) row view
 
     @classmethod
     def create(
@@ -62,14 +68,14 @@ class StreamState:
     ) -> StreamState:
         mc = model_cfg
         tokens = mc.chunk_frames * mc.tokens_per_frame
+        stage = [] if cfg.batch_steps else staging_slots(cfg.final_pass)
         ring = RingKV.empty(
-            mc.num_layers, cfg.sink_chunks, cfg.window_chunks, tokens, mc.num_heads, mc.head_dim, dtype, device
+            mc.num_layers, cfg.sink_chunks, cfg.window_chunks, tokens, mc.num_heads, mc.head_dim, dtype, device, stage
         )
         gen = torch.Generator().manual_seed(seed)  # on the CPU: the same seed gives the same noise on any device
         shape = (mc.in_channels, mc.chunk_frames, mc.latent_height, mc.latent_width)
-        return cls(cfg, PositionPlan(cfg, mc.chunk_frames), ring, gen, sigmas(cfg.steps, cfg.shift), shape)
+        return cls(cfg, PositionPlan(cfg, mc.chunk_frames, device), ring, gen, sigmas(cfg.steps, cfg.shift), shape)
 
     def memory_bytes(self) -> int:
-        """Bytes of cached keys/values (ring plus staged), the part of a stream that scales with the model."""
-        staged = sum(s.k.numel() * s.k.element_size() * 2 for s in self.staged.values())
-        return self.ring.nbytes() + staged
+        """Bytes of cached keys/values (ring plus staging), the part of a stream that scales with the model."""
+        return self.ring.nbytes()
