@@ -8,7 +8,16 @@ import math
 import pytest
 import torch
 
-from framecast.bench import BenchResult, ScheduleResult, _bare_round, _recording, format_table, run_bench
+from framecast.bench import (
+    BenchResult,
+    ScheduleResult,
+    _bare_round,
+    _engine_round,
+    _record_round,
+    _recording,
+    format_table,
+    run_bench,
+)
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder
 from framecast.pipeline import Pipeline
 from tests.conftest import RandomTextEncoder, tiny_model
@@ -69,6 +78,19 @@ def test_bare_loop_replays_the_engine_passes(batch_steps: bool) -> None:
     assert len(rec.calls) == 9 and len(seen) == 18
     for engine, bare in zip(seen[:9], seen[9:], strict=True):
         torch.testing.assert_close(engine, bare, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("batch_steps", [True, False])
+def test_engine_round_times_as_many_whole_chunks_unrecorded(batch_steps: bool) -> None:
+    """The timed engine passes carry no recorder and match the recorded ones in number and mix of passes."""
+    pipe = _pipeline()
+    stream = pipe.stream("red", batch_steps=batch_steps, steps=2)
+    calls = _record_round(pipe, stream, 0.0)
+    assert calls and len(calls) % (1 if batch_steps else 3) == 0  # 2 steps + the clean pass a chunk
+    before = pipe.engine.passes
+    assert _engine_round(pipe, stream, len(calls)) > 0
+    assert pipe.engine.passes - before == len(calls)
+    assert not pipe.dit._forward_pre_hooks
 
 
 def test_json_round_trip(result: BenchResult) -> None:

@@ -14,7 +14,7 @@ from framecast.sampling.flow import sigmas
 from framecast.train.autoencoder import AETrainConfig, reconstruction_loss, train_autoencoder
 from framecast.train.checkpoint import lr_at
 from framecast.train.data import clip_sample, frame_groups
-from framecast.train.dit import DiTTrainConfig, attention_mask, flow_loss, new_model, stream_levels
+from framecast.train.dit import DiTTrainConfig, attention_mask, flow_loss, new_model, stream_levels, warmup_levels
 from framecast.train.latents import LatentDataConfig, build_latents, load_latents
 from framecast.train.loop import LoopConfig, new_state, resume, step_rng, train
 from tests.conftest import RandomTextEncoder, tiny_config
@@ -123,6 +123,15 @@ def test_stream_levels_follow_the_stream_batch(seed: int) -> None:
     assert all(np.isclose(schedules, v).any() for v in levels)
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_warmup_levels_replay_the_first_ticks(seed: int) -> None:
+    levels, weight = warmup_levels(np.random.default_rng(seed), 8, 3.0)
+    live = int(weight.sum())  # chunks admitted so far: tick + 1
+    assert 1 <= live <= 4 and np.all(weight[:live] == 1) and np.all(weight[live:] == 0)
+    assert np.all(np.diff(levels[:live]) > 0)  # chunk 0 is the furthest along, the newest the noisiest
+    assert levels[live - 1] == 1.0 and np.all(levels[live:] == 1.0)
+
+
 def test_training_mask_is_the_engine_rule() -> None:
     m = attention_mask(5, 2, DIT_CFG)[0, 0]  # (10, 10)
     chunk = torch.arange(5).repeat_interleave(2)
@@ -146,3 +155,14 @@ def test_learning_rate_schedule() -> None:
     assert lr_at(0, 100, 1.0, 10) == pytest.approx(0.1)
     assert lr_at(10, 100, 1.0, 10) == pytest.approx(1.0)
     assert lr_at(100, 100, 1.0, 10) == pytest.approx(0.1)
+
+
+def test_train_command_rejects_bad_input_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from framecast.cli import main
+
+    assert main(["train", "--out", str(tmp_path / "r"), "--dit-steps", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "--out", str(blocker / "run")]) == 2
+    assert "cannot create the run folder" in capsys.readouterr().err

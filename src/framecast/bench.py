@@ -10,8 +10,9 @@ Three parts, each about `seconds` long, after a warm-up that fills the KV cache 
 * stream:      the warm streams tick by tick through `Stream.step` (DiT + decode to uint8); frames per
                second, chunk latency (wall time from the start of the tick that admits a chunk to the
                end of the tick that emits it) and the time between emitted chunks.
-* overhead:    `Engine.step` alone (no decode) while a forward pre-hook records the exact inputs of
-               every denoiser call, then the same calls replayed in a bare loop; engine time over bare time.
+* overhead:    `Engine.step` alone (no decode): a forward pre-hook records the exact inputs of whole
+               chunks' worth of denoiser calls, as many further passes are timed with nothing recorded,
+               and the recorded calls are replayed in a bare loop; engine time over bare time.
 
 The two schedules alternate round by round (and engine with bare loop), the order flipping every round,
 so that machine noise hits both alike. See docs/benchmarks.md.
@@ -199,20 +200,14 @@ def _first_frame(pipe: Pipeline, prompt: str, seed: int, overrides: dict[str, An
 
 @dataclass
 class _Recorder:
-    """Forward pre-hook (with_kwargs=True) that keeps the inputs of every denoiser call.
-
-    It times itself (`seconds`), so that an engine round can leave the recording out of the engine's time.
-    """
+    """Forward pre-hook (with_kwargs=True) that keeps the inputs of every denoiser call."""
 
     calls: list[Call] = field(default_factory=list)
     nbytes: int = 0
-    seconds: float = 0.0  # spent inside this hook
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        t0 = time.perf_counter()
         self.calls.append((args, dict(kwargs)))
         self.nbytes += _nbytes(args) + _nbytes(kwargs)
-        self.seconds += time.perf_counter() - t0
 
 
 @contextmanager
@@ -225,14 +220,33 @@ def _recording(model: nn.Module) -> Iterator[_Recorder]:
         handle.remove()
 
 
-def _engine_round(pipe: Pipeline, stream: Stream, budget: float) -> tuple[float, list[Call]]:
-    """Engine passes (no decode) for about `budget` seconds: their wall time, less the recorder's, and inputs."""
+def _passes_per_chunk(stream: Stream) -> int:
+    """Forward passes per emitted chunk in steady state: one cycle of the schedule's pass kinds."""
+    cfg = stream.state.cfg
+    return 1 if cfg.batch_steps else cfg.final_pass + 1
+
+
+def _record_round(pipe: Pipeline, stream: Stream, budget: float) -> list[Call]:
+    """Engine passes (no decode) for about `budget` seconds, whole chunks' worth, with their inputs recorded."""
+    cycle = _passes_per_chunk(stream)
     with _recording(pipe.engine.model) as rec:
-        t0 = _clock(pipe.device)  # sync inside: start on an idle device
-        while not rec.calls or (time.perf_counter() - t0 < budget and rec.nbytes < RECORD_BYTES):
+        t0 = time.perf_counter()
+        while (
+            not rec.calls or len(rec.calls) % cycle or (time.perf_counter() - t0 < budget and rec.nbytes < RECORD_BYTES)
+        ):
             pipe.engine.step([stream.state], [stream.next_condition])
-        elapsed = _clock(pipe.device) - t0  # sync inside: the round's last pass is done
-    return elapsed - rec.seconds, rec.calls
+    return rec.calls
+
+
+def _engine_round(pipe: Pipeline, stream: Stream, passes: int) -> float:
+    """Wall time of the next `passes` engine passes (no decode), with nothing recorded: the engine as streams run it.
+
+    They follow the recorded passes on the same stream: the same number of whole chunks, so the same mix of passes.
+    """
+    t0 = _clock(pipe.device)  # sync inside: start on an idle device
+    for _ in range(passes):
+        pipe.engine.step([stream.state], [stream.next_condition])
+    return _clock(pipe.device) - t0  # sync inside: the round's last pass is done
 
 
 @torch.inference_mode()
@@ -257,7 +271,8 @@ class _Overhead:
 
 
 def _overhead_round(pipe: Pipeline, stream: Stream, out: _Overhead | None, budget: float) -> None:
-    engine_s, calls = _engine_round(pipe, stream, budget)
+    calls = _record_round(pipe, stream, budget)
+    engine_s = _engine_round(pipe, stream, len(calls))
     bare_s = _bare_round(pipe.engine.model, calls, pipe.device)
     if out is not None:  # None: a warm-up round
         out.add(engine_s, bare_s, len(calls))
@@ -279,8 +294,7 @@ class _Schedule:
 
     @property
     def passes_per_chunk(self) -> int:
-        cfg = self.stream.state.cfg
-        return 1 if cfg.batch_steps else cfg.final_pass + 1
+        return _passes_per_chunk(self.stream)
 
 
 def _make_schedule(pipe: Pipeline, name: str, seed: int, steps: int | None) -> _Schedule:
@@ -311,8 +325,8 @@ def _part_stream(pipe: Pipeline, scheds: list[_Schedule], budget: float, i: int)
 
 
 def _part_overhead(pipe: Pipeline, scheds: list[_Schedule], budget: float, i: int) -> None:
-    for s in _alternate(scheds, i):
-        _overhead_round(pipe, s.stream, s.over if i >= 0 else None, budget / 4)
+    for s in _alternate(scheds, i):  # each round records, times and replays about budget / 6 of passes
+        _overhead_round(pipe, s.stream, s.over if i >= 0 else None, budget / 6)
 
 
 def _summarise(s: _Schedule, frames_per_chunk: int) -> ScheduleResult:

@@ -124,6 +124,10 @@ def _train(a: argparse.Namespace) -> None:
     for name in ("ae_steps", "dit_steps", "samples", "batch"):
         if getattr(a, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    try:
+        a.out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the run folder {a.out}: {err.strerror}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = run_config(a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads)
     folder = train_all(a.out, cfg, resume_run=not a.fresh, stop_after=a.stop_after)

@@ -4,7 +4,8 @@ Every group (latent frame) of a sample gets its own noise level, and attention f
 visibility rule (block-causal, a window of chunks plus sinks), so one model serves both a clean cache
 and the moving-buffer stream batch. Half of the samples draw levels independently (diffusion forcing);
 the other half use the pattern of the stream batch: the newest group at pass j of a k-step schedule,
-the group m before it at pass j + m, clean groups further back.
+the group m before it at pass j + m, clean groups further back. Some samples that start at the stream's
+first chunk replay its warm-up instead (no clean context at all), so generation from nothing is learnt too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class DiTTrainConfig:
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=10000, lr=5e-4, warmup=300, ema=0.999))
     batch: int = 16
     stream_prob: float = 0.5  # share of samples with the stream-batch pattern of noise levels
+    warmup_prob: float = 0.3  # share of contiguous samples that replay the stream's warm-up (no clean context)
     shift: float = 3.0  # schedule shift of the stream pattern (the model's default at inference)
     sink_clean_prob: float = 0.7
     window_chunks: int = 6
@@ -55,6 +57,21 @@ def independent_levels(rng: np.random.Generator, groups: int, cfg: DiTTrainConfi
     if rng.random() < cfg.sink_clean_prob:
         u[: cfg.sink_chunks] = 0.0
     return u
+
+
+def warmup_levels(rng: np.random.Generator, groups: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """The stream batch's first ticks: at tick T < k, chunk c is at pass T - c; chunks after T do not exist yet.
+
+    Returns levels (groups,) and loss weights (groups,): 1 for chunks 0..T, 0 for the not-yet-admitted ones
+    (their levels are 1; the causal mask keeps them from touching the others).
+    """
+    steps = int(rng.integers(1, 5))
+    sig = sigmas(steps, shift).numpy()
+    tick = int(rng.integers(min(steps, groups)))
+    levels, weight = np.ones(groups), np.zeros(groups)
+    levels[: tick + 1] = sig[tick - np.arange(tick + 1)]
+    weight[: tick + 1] = 1.0
+    return levels, weight
 
 
 def sample_levels(rng: np.random.Generator, batch: int, groups: int, cfg: DiTTrainConfig) -> Tensor:
@@ -88,13 +105,17 @@ def flow_loss(
     x0 = batch["latents"].transpose(1, 2)  # (B, C, G, h, w)
     B, _, G = x0.shape[:3]
     sigma = sample_levels(rng, B, G, cfg)  # (B, G)
+    weight = (sigma > 0).float()
+    contiguous = (batch["positions"][:, 1:] - batch["positions"][:, :-1] == 1).all(dim=1)  # (B,) starts at chunk 0
+    for b in np.flatnonzero(contiguous.numpy() & (rng.random(B) < cfg.warmup_prob)):
+        levels, w = warmup_levels(rng, G, cfg.shift)
+        sigma[b], weight[b] = torch.from_numpy(levels).float(), torch.from_numpy(w).float()
     noise = torch.randn_like(x0)
     s = sigma[:, None, :, None, None]
     xt = (1 - s) * x0 + s * noise
     mask = attention_mask(G, model.config.tokens_per_frame, cfg)
     out = model(xt, sigma * 1000.0, batch["positions"], per_group_cross(model, batch["text"]), None, mask)
     err = (out.velocity.float() - (noise - x0)).pow(2).mean(dim=(1, 3, 4))  # (B, G)
-    weight = (sigma > 0).float()
     loss = (err * weight).sum() / weight.sum().clamp_min(1.0)
     return loss, {"loss": loss.item()}
 
