@@ -30,7 +30,7 @@ class Conditioner:
         self._cache[text] = cond  # most recent last
         if len(self._cache) > self.size:
             self._cache.pop(next(iter(self._cache)))
-        self._last = (text, cond)
+        self._last = (text, cond) if text in self._cache else None
         return cond
 
 
