@@ -177,10 +177,11 @@ def test_gather_equals_slot_copies() -> None:
     ring = _ring()
     S = len(ring.chunks)
     for slots in ([0, 1, 2], [2, 0, 5, 9], [3, 12, 4], list(range(S))):
-        k, v = ring.gather(slots)
+        kv = ring.gather(slots)
+        k, v = kv.k, kv.v
         torch.testing.assert_close(k, torch.cat([ring.store[0, :, s] for s in slots], 1)[:, None], rtol=0, atol=0)
         torch.testing.assert_close(v, torch.cat([ring.store[1, :, s] for s in slots], 1)[:, None], rtol=0, atol=0)
-    assert ring.gather(list(range(S)))[0].data_ptr() == ring.store.data_ptr()  # the whole ring is a view
+    assert ring.gather(list(range(S))).k.data_ptr() == ring.store.data_ptr()  # the whole ring is a view
 
 
 def test_write_and_stage_copy_the_right_tokens() -> None:
@@ -244,3 +245,19 @@ def test_conditioner_is_least_recently_used() -> None:
     for text in ["a", "a", "b", "a", "c", "a", "b"]:  # "c" evicts "b", the least recently used
         cond(text)
     assert computed == ["a", "b", "c", "b"]
+
+
+def test_mask_skip_follows_the_visibility_rule() -> None:
+    """A single-chunk row runs without a mask exactly when `visible` allows every cached chunk."""
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(500):
+        a, sinks, window = (
+            int(torch.randint(0, 12, (1,), generator=gen)),
+            int(torch.randint(0, 3, (1,), generator=gen)),
+            3,
+        )
+        past = torch.randint(-1, 14, (int(torch.randint(0, 8, (1,), generator=gen)),), generator=gen).tolist()
+        x = torch.zeros(1, 1, 2, 1, 1)
+        req = batch.PassRequest(x, x, x, [a, a], None, None, past, sinks, window)  # type: ignore[arg-type]
+        rule = bool(visible(torch.tensor([a]), torch.tensor(past, dtype=torch.long), sinks, window).all())
+        assert batch._all_visible(req) == rule, (a, past, sinks)

@@ -10,6 +10,7 @@ a - c <= window).
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
@@ -27,10 +28,8 @@ class PassRequest:
     t: Tensor  # (1, F) timesteps
     pos: Tensor  # (1, F) long temporal positions
     frame_chunk: list[int]  # (F,) chunk of every frame
-    cross_k: Tensor  # (L, 1, F, T, h, hd) text keys per frame
-    cross_v: Tensor
-    past_k: Tensor | None  # (L, 1, M, h, hd) cached keys, rotated
-    past_v: Tensor | None
+    cross: CrossKV  # (L, 1, F, T, h, hd) text keys/values per frame
+    past: PastKV | None  # (L, 1, M, h, hd) cached keys (rotated) and values
     past_chunk: list[int]  # chunk of every cached token group (M / tokens_per_chunk_frame entries)
     sinks: int
     window: int
@@ -64,12 +63,11 @@ def run_batch(
 
 def _run_one(model: CausalWanDiT, r: PassRequest, mask_cache: dict[tuple, Tensor] | None) -> list[PassResult]:
     """A single row: its tensors are already a batch of one, so nothing is padded or copied."""
-    past = None if r.past_k is None or r.past_v is None else PastKV(r.past_k, r.past_v)
     mask = None
     if not _all_visible(r):
         P, M = model.config.tokens_per_frame, _past_len(r)
         mask = _cached_mask(r, P, M, r.x.shape[2] * P, mask_cache, r.x.device)
-    out = model(r.x, r.t, r.pos, CrossKV(r.cross_k, r.cross_v), past, mask)
+    out = model(r.x, r.t, r.pos, r.cross, r.past, mask)
     return [PassResult(out.velocity, out.keys, out.values)]
 
 
@@ -82,7 +80,7 @@ def _run_many(model: CausalWanDiT, reqs: list[PassRequest], mask_cache: dict[tup
     t = torch.cat([_pad(r.t, 1, Fmax) for r in reqs])  # (B, F)
     pos = torch.cat([_pad(r.pos, 1, Fmax) for r in reqs])
     cross = CrossKV(
-        torch.cat([_pad(r.cross_k, 2, Fmax) for r in reqs], 1), torch.cat([_pad(r.cross_v, 2, Fmax) for r in reqs], 1)
+        torch.cat([_pad(r.cross.k, 2, Fmax) for r in reqs], 1), torch.cat([_pad(r.cross.v, 2, Fmax) for r in reqs], 1)
     )
     past = _cat_past(reqs, Mmax)
     mask = None
@@ -93,23 +91,22 @@ def _run_many(model: CausalWanDiT, reqs: list[PassRequest], mask_cache: dict[tup
 
 
 def _past_len(r: PassRequest) -> int:
-    return 0 if r.past_k is None else r.past_k.shape[2]
+    return 0 if r.past is None else r.past.k.shape[2]
 
 
 def _cat_past(reqs: list[PassRequest], M: int) -> PastKV | None:
     if M == 0:
         return None
-    ref = next(r.past_k for r in reqs if r.past_k is not None)
-    assert ref is not None
+    ref = next(r.past.k for r in reqs if r.past is not None)
     ks, vs = [], []
     for r in reqs:
-        if r.past_k is None or r.past_v is None:
+        if r.past is None:
             shape = (ref.shape[0], 1, M, *ref.shape[3:])
             ks.append(ref.new_zeros(shape))
             vs.append(ref.new_zeros(shape))
         else:
-            ks.append(_pad(r.past_k, 2, M))
-            vs.append(_pad(r.past_v, 2, M))
+            ks.append(_pad(r.past.k, 2, M))
+            vs.append(_pad(r.past.v, 2, M))
     return PastKV(torch.cat(ks, 1), torch.cat(vs, 1))
 
 
@@ -118,7 +115,13 @@ def _all_visible(r: PassRequest) -> bool:
     a = r.frame_chunk[0]
     if r.frame_chunk[-1] != a:
         return False
-    return all(0 <= c <= a and (c < r.sinks or a - c <= r.window) for c in r.past_chunk)
+    if not r.past_chunk:
+        return True
+    ordered = sorted(r.past_chunk)
+    if ordered[0] < 0 or ordered[-1] > a:
+        return False
+    i = bisect.bisect_left(ordered, r.sinks)  # the oldest cached chunk that is not a sink
+    return i == len(ordered) or a - ordered[i] <= r.window
 
 
 def _pad(x: Tensor, dim: int, length: int) -> Tensor:

@@ -1,7 +1,7 @@
 """The per-stream self-attention KV cache: a ring buffer of chunks with sinks that are never evicted,
 plus the staging slots of a sequential stream. All memory is allocated once; nothing grows.
 
-Layout: one store per keys and values, (L, S + G, N, heads, head_dim), N tokens (one chunk) a slot.
+Layout: one store (2, L, S + G, N, heads, head_dim), keys then values, N tokens (one chunk) a slot.
 The first S = sink_chunks + window_chunks slots are the ring (`k`, `v` are views of them): slot s holds
 chunk `chunks[s]` (-1 when empty); sink chunks 0..sinks-1 own the first slots and later chunks overwrite
 the window slots in turn. The G staging slots hold the keys of (chunk, pass) pairs of a sequential
@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from framecast.models.dit import PastKV
 from framecast.models.rope import apply_rope, inv_freqs
 from framecast.stream.positions import PositionPlan
 
@@ -44,7 +45,7 @@ class RingKV:
         self._stage_start = [S + sum(self.stage_sizes[:p]) for p in range(len(self.stage_sizes))]
         # per slot: (1, N, h, hd) views of every layer's keys, then values, where one batch row is copied to
         self._dst = [[self.store[i, j, s : s + 1] for i in range(2) for j in range(L)] for s in range(slots)]
-        self._ring_view = (self.k.flatten(1, 2)[:, None], self.v.flatten(1, 2)[:, None])  # (L, 1, S * N, h, hd)
+        self._ring_view = PastKV(self.k.flatten(1, 2)[:, None], self.v.flatten(1, 2)[:, None])  # (L, 1, S * N, h, hd)
         self._ring_slots = list(range(S))
         self._angles: dict[tuple, tuple[Tensor, Tensor]] = {}  # rotation cos/sin by slot shifts
         self._gather_idx: dict[tuple[int, ...], Tensor] = {}
@@ -80,7 +81,7 @@ class RingKV:
         if not self.full:
             self.full = min(self.chunks) >= 0
 
-    def ring_view(self) -> tuple[Tensor, Tensor]:
+    def ring_view(self) -> PastKV:
         """Keys/values of the whole ring in slot order as one batch row (L, 1, S * N, h, hd): a view."""
         return self._ring_view
 
@@ -102,13 +103,13 @@ class RingKV:
 
     def _copy(self, s: int, keys: list[Tensor], values: list[Tensor], row: int, start: int) -> None:
         N = self.tokens
-        if keys[0].shape[0] != 1:  # a row of a batch of several streams
+        if keys[0].size(0) != 1:  # a row of a batch of several streams
             keys, values = [k[row : row + 1] for k in keys], [v[row : row + 1] for v in values]
-        if start != 0 or keys[0].shape[1] != N:  # one chunk of a row of several
+        if start != 0 or keys[0].size(1) != N:  # one chunk of a row of several
             keys, values = [k.narrow(1, start, N) for k in keys], [v.narrow(1, start, N) for v in values]
         torch._foreach_copy_(self._dst[s], keys + values)  # one call for every layer's keys and values
 
-    def gather(self, slots: list[int]) -> tuple[Tensor, Tensor]:
+    def gather(self, slots: list[int]) -> PastKV:
         """Keys/values of the given store slots, in that order, as one batch row: (L, 1, len * N, h, hd).
 
         The whole ring in slot order is a view (no copy); anything else is one gather.
@@ -123,7 +124,7 @@ class RingKV:
             idx = self._gather_idx[key] = torch.tensor(slots, device=self.device)
         _, L, _, N, h, hd = self.store.shape
         k, v = self.store.index_select(2, idx).view(2, L, 1, len(slots) * N, h, hd).unbind(0)
-        return k, v
+        return PastKV(k, v)
 
     def rotate_to(self, epoch: int, plan: PositionPlan, head_dim: int, theta: float) -> None:
         """Re-rotate every cached key in place from this ring's epoch to `epoch` (exact: rotations compose).

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from framecast.engine.batch import PassRequest, PassResult
+from framecast.models.dit import CrossKV, PastKV
 from framecast.sampling.flow import noise_like
 from framecast.stream.state import Condition, InFlight, PassTable, StreamState
 
@@ -109,16 +110,16 @@ def _make_table(state: StreamState, passes: tuple[int, ...]) -> PassTable:
     )
 
 
-def _ring_context(state: StreamState, newest: int) -> tuple[Tensor | None, Tensor | None, list[int]]:
+def _ring_context(state: StreamState, newest: int) -> tuple[PastKV | None, list[int]]:
     """Filled ring slots with chunk <= newest: keys/values (L, 1, M, h, hd) and their chunks."""
     ring, chunks = state.ring, state.ring.chunks
     if ring.full and ring.last <= newest:  # the stream batch in steady state: the whole ring, a view
-        return *ring.ring_view(), list(chunks)
+        return ring.ring_view(), list(chunks)
     slots = [s for s, c in enumerate(chunks) if 0 <= c <= newest]
     return _context(state, slots, [chunks[s] for s in slots])
 
 
-def _sequential_context(state: StreamState, cur: InFlight) -> tuple[Tensor | None, Tensor | None, list[int]]:
+def _sequential_context(state: StreamState, cur: InFlight) -> tuple[PastKV | None, list[int]]:
     """Ring chunks at their final pass, plus staged chunks n - m at pass j + m for m < final - j."""
     n, j, final, ring = cur.chunk, cur.next_pass, state.cfg.final_pass, state.ring
     slots = [s for s, c in enumerate(ring.chunks) if 0 <= c <= n - (final - j)]
@@ -131,45 +132,37 @@ def _sequential_context(state: StreamState, cur: InFlight) -> tuple[Tensor | Non
     return _context(state, slots, chunks)
 
 
-def _context(state: StreamState, slots: list[int], chunks: list[int]) -> tuple[Tensor | None, Tensor | None, list[int]]:
+def _context(state: StreamState, slots: list[int], chunks: list[int]) -> tuple[PastKV | None, list[int]]:
     """Keys/values of the given store slots as one row (a view for the whole ring) and their chunks."""
-    if not slots:
-        return None, None, []
-    k, v = state.ring.gather(slots)
-    return k, v, chunks
+    return (state.ring.gather(slots), chunks) if slots else (None, [])
 
 
-def _request(
-    state: StreamState, rows: list[InFlight], tick: int, pk: Tensor | None, pv: Tensor | None, pc: list[int]
-) -> PassRequest:
-    assert state.x is not None
+def _request(state: StreamState, rows: list[InFlight], tick: int, past: PastKV | None, pc: list[int]) -> PassRequest:
     cfg, cf = state.cfg, state.latent_shape[1]
+    assert state.x is not None
     chunks = [r.chunk for r in rows]
-    cross_k, cross_v = _cross(state, rows)
     return PassRequest(
         x=state.x,
         t=_table(state, rows).t,
         pos=state.plan.row_positions(chunks, tick),
         frame_chunk=chunks if cf == 1 else [c for c in chunks for _ in range(cf)],
-        cross_k=cross_k,
-        cross_v=cross_v,
-        past_k=pk,
-        past_v=pv,
+        cross=_cross(state, rows),
+        past=past,
         past_chunk=pc,
         sinks=cfg.sink_chunks,
         window=cfg.window_chunks,
     )
 
 
-def _cross(state: StreamState, rows: list[InFlight]) -> tuple[Tensor, Tensor]:
+def _cross(state: StreamState, rows: list[InFlight]) -> CrossKV:
     """Condition (L, T, h, hd) of each chunk -> (L, 1, F, T, h, hd); a cached view when all chunks share one."""
     cf, cond = state.latent_shape[1], rows[0].cond
-    if any(r.cond is not cond for r in rows):
-        return _per_frame([r.cond.k for r in rows], cf), _per_frame([r.cond.v for r in rows], cf)
+    if len(rows) > 1 and any(r.cond is not cond for r in rows):
+        return CrossKV(_per_frame([r.cond.k for r in rows], cf), _per_frame([r.cond.v for r in rows], cf))
     frames = cf * len(rows)
     if state.cross is None or state.cross[0] is not cond or state.cross[1] != frames:
-        state.cross = (cond, frames, _expand(cond.k, frames), _expand(cond.v, frames))
-    return state.cross[2], state.cross[3]
+        state.cross = (cond, frames, CrossKV(_expand(cond.k, frames), _expand(cond.v, frames)))
+    return state.cross[2]
 
 
 def _per_frame(conds: list[Tensor], cf: int) -> Tensor:

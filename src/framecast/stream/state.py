@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from framecast.models.config import DiTConfig
+from framecast.models.dit import CrossKV
 from framecast.sampling.flow import sigmas
 from framecast.stream.cache import RingKV, staging_slots
 from framecast.stream.config import StreamConfig
@@ -60,7 +61,7 @@ class StreamState:
     next_chunk: int = 0
     tick: int = 0
     tables: dict[tuple[int, ...], PassTable] = field(default_factory=dict)  # by the row's pass pattern
-    cross: tuple[Condition, int, Tensor, Tensor] | None = None  # last (condition, F, k, v) row view
+    cross: tuple[Condition, int, CrossKV] | None = None  # the last (condition, F, its per-frame view)
 
     @classmethod
     def create(
