@@ -35,6 +35,19 @@ def sigmas(steps: int, shift: float = DEFAULT_SHIFT, start: float = 1.0) -> Tens
     return shift_sigma(base, shift).float()
 
 
+def unshift_sigma(sigma: float, shift: float) -> float:
+    """Inverse of `shift_sigma`: the unshifted level u with shift_sigma(u) = sigma."""
+    return sigma / (shift - (shift - 1) * sigma)
+
+
+def sdedit_sigmas(steps: int, shift: float, strength: float) -> Tensor:
+    """Noise levels (steps + 1,) of a video-to-video chunk noised to level `strength` in (0, 1]: the same
+    shifted curve as `sigmas(steps, shift)`, restricted to [0, strength] (strength 1 gives that schedule)."""
+    if not 0.0 < strength <= 1.0:
+        raise InputError(f"strength must be in (0, 1], got {strength}")
+    return sigmas(steps, shift, start=min(1.0, unshift_sigma(strength, shift)))
+
+
 def timesteps(sig: Tensor) -> Tensor:
     """Model timesteps (0..1000) of noise levels."""
     return sig * 1000.0

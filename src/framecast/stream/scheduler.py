@@ -7,6 +7,10 @@ chunk n - m as it was at pass min(j + m, final), plus the sinks, within the wind
   chunks of the row are visible through the block-causal mask, finished ones through the ring.
 * Sequential: one chunk at a time; the pass of chunk n at step j counts as tick n + j. Keys of passes
   1..final-1 are staged for the next chunks, which would have seen them in flight.
+
+Video to video (SDEdit): a chunk admitted with a queued `ChunkInput` starts from its input noised to its
+strength s and runs the same `steps` passes over the schedule restricted to [0, s]; the row's pass tables
+then depend on the start strength of each chunk too. Nothing else changes, so both schedules still agree.
 """
 
 from __future__ import annotations
@@ -17,19 +21,36 @@ import torch
 from torch import Tensor
 
 from framecast.engine.batch import PassRequest, PassResult
+from framecast.errors import InputError
 from framecast.models.dit import CrossKV, PastKV
-from framecast.sampling.flow import noise_like
-from framecast.stream.state import Condition, InFlight, PassTable, StreamState
+from framecast.sampling.flow import add_noise, noise_like, sdedit_sigmas
+from framecast.stream.state import ChunkInput, Condition, InFlight, PassTable, StreamState
 
 NOISE_BLOCK = 8  # chunks of noise drawn at once where that gives the same numbers (see `_next_noise`)
+CACHE_LIMIT = 256  # pass tables (and 64 schedules) kept per stream; video-to-video strengths vary per chunk
 
 
 def admit(state: StreamState, cond: Condition) -> None:
-    """Start the next chunk from noise drawn from the stream's own generator; it joins the row last."""
-    x = _next_noise(state)  # (1, C, cf, H, W)
+    """Start the next chunk; it joins the row last. It starts from noise drawn from the stream's own generator,
+    or, when the front end queued an input for it (video to video), from that input noised to its strength:
+    (1 - s) * latent + s * noise with the same noise (so strength 1 gives exactly the text-to-video chunk)."""
+    x, strength = _next_noise(state), 1.0  # (1, C, cf, H, W)
+    if state.inputs:
+        inp = state.inputs.popleft()
+        x, strength = add_noise(inp.latent.to(x), x, inp.strength), inp.strength
     state.x = x if state.x is None else torch.cat([state.x, x], 2)
-    state.inflight.append(InFlight(state.next_chunk, 0, cond))
+    state.inflight.append(InFlight(state.next_chunk, 0, cond, strength))
     state.next_chunk += 1
+
+
+def queue_input(state: StreamState, inp: ChunkInput) -> None:
+    """Queue the input of the next chunk not yet admitted (video to video); `admit` takes inputs in order."""
+    want = (1, *state.latent_shape)
+    if tuple(inp.latent.shape) != want:
+        raise InputError(f"a chunk input latent must have shape {want}, got {tuple(inp.latent.shape)}")
+    if not 0.0 < inp.strength <= 1.0:
+        raise InputError(f"strength must be in (0, 1], got {inp.strength}")
+    state.inputs.append(inp)
 
 
 def _next_noise(state: StreamState) -> Tensor:
@@ -85,20 +106,38 @@ def apply_result(state: StreamState, res: PassResult) -> list[Tensor]:
 
 
 def _table(state: StreamState, rows: list[InFlight]) -> PassTable:
-    """Timesteps, Euler steps and the fate of every row for the row's pass pattern, built once per pattern."""
-    key = tuple([r.next_pass for r in rows])
+    """Timesteps, Euler steps and the fate of every row for the row's pass pattern, built once per pattern
+    (and per start strengths when a chunk of the row is video to video)."""
+    key: tuple = tuple([r.next_pass for r in rows])
+    if any(r.strength != 1.0 for r in rows):
+        key = (key, tuple([r.strength for r in rows]))
     table = state.tables.get(key)
     if table is None:
-        table = state.tables[key] = _make_table(state, key)
+        if len(state.tables) >= CACHE_LIMIT:
+            state.tables.clear()
+        table = state.tables[key] = _make_table(state, [r.next_pass for r in rows], [r.strength for r in rows])
     return table
 
 
-def _make_table(state: StreamState, passes: tuple[int, ...]) -> PassTable:
-    cfg, s, cf, device = state.cfg, state.sigmas, state.latent_shape[1], state.ring.device
+def _schedule(state: StreamState, strength: float) -> Tensor:
+    """Noise levels (steps + 1,) of a chunk that started at `strength` (the stream's own schedule at 1)."""
+    if strength == 1.0:
+        return state.sigmas
+    sig = state.schedules.get(strength)
+    if sig is None:
+        if len(state.schedules) >= CACHE_LIMIT // 4:
+            state.schedules.clear()
+        sig = state.schedules[strength] = sdedit_sigmas(state.cfg.steps, state.cfg.shift, strength)
+    return sig
+
+
+def _make_table(state: StreamState, passes: list[int], strengths: list[float]) -> PassTable:
+    cfg, cf, device = state.cfg, state.latent_shape[1], state.ring.device
     steps, final = cfg.steps, cfg.final_pass
-    t = torch.cat([(s[j] if j < steps else s[-1]).repeat(cf) for j in passes]) * 1000.0
-    zero = torch.zeros((), dtype=s.dtype)
-    d = torch.stack([s[j + 1] - s[j] if j < steps else zero for j in passes]).repeat_interleave(cf)
+    rows = list(zip([_schedule(state, s) for s in strengths], passes, strict=True))  # (levels, pass) per chunk
+    t = torch.cat([(s[j] if j < steps else s[-1]).repeat(cf) for s, j in rows]) * 1000.0
+    zero = torch.zeros((), dtype=state.sigmas.dtype)
+    d = torch.stack([s[j + 1] - s[j] if j < steps else zero for s, j in rows]).repeat_interleave(cf)
     leaving = sum(j == final for j in passes)
     assert all(j == final for j in passes[:leaving]), "chunks leave the row oldest first"
     return PassTable(

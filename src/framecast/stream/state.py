@@ -5,6 +5,7 @@ Nothing here lives on an `nn.Module`; a model serves any number of `StreamState`
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -26,13 +27,28 @@ class Condition:
     v: Tensor
 
 
+@dataclass(frozen=True)
+class ChunkInput:
+    """What a video-to-video chunk starts from (SDEdit): its encoded input and the noise level to start at.
+
+    latent:   (1, C, cf, H, W) the input frames of the chunk, encoded.
+    strength: s in (0, 1]: the chunk starts at (1 - s) * latent + s * noise and is denoised by the stream's
+              `steps` passes over the schedule restricted to [0, s] (`flow.sdedit_sigmas`); 1 ignores the input.
+    """
+
+    latent: Tensor
+    strength: float
+
+
 @dataclass
 class InFlight:
-    """A chunk being denoised: the index of its next pass and its condition (its latent is in `StreamState.x`)."""
+    """A chunk being denoised: the index of its next pass, its condition and the noise level it started at
+    (1: text to video; below: video to video). Its latent is in `StreamState.x`."""
 
     chunk: int
     next_pass: int
     cond: Condition
+    strength: float = 1.0
 
 
 @dataclass
@@ -60,8 +76,10 @@ class StreamState:
     noise_used: int = 0  # chunks of `noise` already admitted
     next_chunk: int = 0
     tick: int = 0
-    tables: dict[tuple[int, ...], PassTable] = field(default_factory=dict)  # by the row's pass pattern
+    tables: dict[tuple, PassTable] = field(default_factory=dict)  # by the row's pass pattern (and start strengths)
     cross: tuple[Condition, int, CrossKV] | None = None  # the last (condition, F, its per-frame view)
+    inputs: deque[ChunkInput] = field(default_factory=deque)  # video to video: inputs of the next chunks, in order
+    schedules: dict[float, Tensor] = field(default_factory=dict)  # (steps + 1,) noise levels by start strength < 1
 
     @classmethod
     def create(
