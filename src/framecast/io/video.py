@@ -195,3 +195,74 @@ def read_video(path: str | Path, max_frames: int | None = None) -> tuple[np.ndar
     if not frames:
         raise InputError(f"video {source} has no frames")
     return np.stack(frames), fps
+
+
+class VideoReader:
+    """Frames of a video file decoded as they are read: uint8 (H, W, 3) RGB, in order; a context manager.
+
+    Opening checks what `read_video` checks (missing, unreadable or corrupt file, no video stream, no
+    decodable frame) and raises `InputError`; a file that turns out corrupt later raises it from `read`.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"video file not found: {self.path}")
+        self._av = _import_av()
+        self._container: Any = None
+        self.frames_read = 0
+        self._next: np.ndarray | None = None
+        try:
+            self._open()
+        except (self._av.FFmpegError, OSError, ValueError) as err:
+            self.close()
+            raise InputError(f"could not read video {self.path}: unreadable or corrupt file ({err})") from err
+        except InputError:
+            self.close()
+            raise
+        if self._next is None:
+            self.close()
+            raise InputError(f"video {self.path} has no frames")
+
+    def _open(self) -> None:
+        if self.path.stat().st_size == 0:
+            raise InputError(f"video {self.path} is empty (0 bytes): no frames")
+        self._container = self._av.open(str(self.path), mode="r")
+        if not self._container.streams:
+            raise InputError(f"video {self.path} is empty: no streams, no frames")
+        if not self._container.streams.video:
+            raise InputError(f"{self.path} has no video stream")
+        self.fps = _frame_rate(self._container.streams.video[0], self.path)
+        self._decoder = self._container.decode(video=0)
+        self._next = self._decode_next()
+
+    def _decode_next(self) -> np.ndarray | None:
+        try:
+            frame = next(self._decoder, None)
+        except (self._av.FFmpegError, OSError, ValueError) as err:
+            what = "unreadable or corrupt file" if self.frames_read == 0 else f"corrupt after frame {self.frames_read}"
+            raise InputError(f"could not read video {self.path}: {what} ({err})") from err
+        return None if frame is None else frame.to_ndarray(format="rgb24")
+
+    def read(self) -> np.ndarray | None:
+        """The next frame, or None at the end of the file."""
+        frame = self._next
+        if frame is not None:
+            self.frames_read += 1
+            self._next = self._decode_next()
+        return frame
+
+    def close(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(self._av.FFmpegError, OSError, ValueError):
+                self._container.close()
+            self._container = None
+        self._next = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
