@@ -5,10 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from framecast.errors import FramecastError, InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from framecast.stream.config import StreamConfig
+    from framecast.stream.live import Stream
+    from framecast.v2v import V2VConfig, VideoFileSource
 
 
 def _prompt_at(text: str) -> tuple[float, str]:
@@ -35,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate a video from a prompt")
     g.add_argument("prompt")
     g.add_argument("-o", "--output", default="out.mp4", help="output .mp4 path (default: out.mp4)")
-    g.add_argument("--seconds", type=float, default=4.0, help="duration in seconds (default: 4)")
+    g.add_argument("--seconds", type=float, default=None, help="duration in seconds (default: 4, or the whole --input)")
     g.add_argument("--fps", type=float, default=None, help="frames per second (default: the model's)")
     g.add_argument("--steps", type=int, default=None, help="denoising steps per chunk, 1-4 (default: the model's)")
     g.add_argument("--seed", type=int, default=0)
@@ -47,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         help="switch to PROMPT at SECONDS (repeatable)",
     )
     g.add_argument("--sequential", action="store_true", help="one chunk at a time instead of the stream batch")
+    _v2v_args(g)
     _model_args(g)
     b = sub.add_parser("bench", help="measure speed of a model on this machine")
     b.add_argument("--seconds", type=float, default=5.0, help="time per measurement (default: 5)")
@@ -65,6 +74,49 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _v2v_args(g: argparse.ArgumentParser) -> None:
+    g.add_argument("--input", type=Path, default=None, help="video to video: follow this video file (docs/v2v.md)")
+    g.add_argument("--strength", type=float, default=None,
+                   help="noise level of every input chunk in (0, 1]; turns the motion-aware controller off")
+    g.add_argument("--motion-aware", action=argparse.BooleanOptionalAction, default=None,
+                   help="strength from the input's motion (default: on unless --strength is given)")
+    g.add_argument("--strength-range", default=None, metavar="LOW:HIGH",
+                   help="bounds of the motion-aware strength (default: 0.6:0.85)")
+    g.add_argument("--skip-similar", action=argparse.BooleanOptionalAction, default=True,
+                   help="nearly identical input chunks re-emit the last output instead of running the model")
+
+
+def _v2v_config(a: argparse.Namespace) -> V2VConfig:
+    """The video-to-video settings of `generate`, checked."""
+    from framecast.v2v import MotionConfig, SimilarityConfig, V2VConfig
+
+    if a.input is None:
+        if a.strength is not None or a.motion_aware is not None or a.strength_range is not None:
+            raise InputError("--strength, --motion-aware and --strength-range need --input")
+        return V2VConfig()
+    if a.strength is not None and a.motion_aware:
+        raise InputError("--strength fixes the strength of every chunk; leave out --motion-aware or --strength")
+    base = MotionConfig()
+    low, high = base.low, base.high
+    if a.strength_range is not None:
+        low, high = _range(a.strength_range)
+    motion = MotionConfig(
+        enabled=a.strength is None and a.motion_aware is not False,
+        low=low,
+        high=high,
+        fixed=base.fixed if a.strength is None else a.strength,
+    )
+    return V2VConfig(motion, SimilarityConfig(enabled=a.skip_similar))
+
+
+def _range(text: str) -> tuple[float, float]:
+    low, sep, high = text.partition(":")
+    try:
+        return float(low), float(high)
+    except ValueError:
+        raise InputError(f"--strength-range expects LOW:HIGH, e.g. 0.6:0.85, got {text!r}") from None
+
+
 def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", type=Path, required=True, help="run folder; the model lands in OUT/model")
     t.add_argument("--ae-steps", type=int, default=2500, help="autoencoder steps (default: 2500)")
@@ -78,29 +130,75 @@ def _train_args(t: argparse.ArgumentParser) -> None:
 
 
 def _generate(a: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
-    from framecast.io.video import VideoWriter, check_output_path
+    from framecast.io.video import check_output_path
     from framecast.pipeline import Pipeline
 
     check_output_path(Path(a.output))  # before the model loads: a bad path costs nothing
-    if not a.seconds > 0:
+    if a.seconds is not None and not a.seconds > 0:
         raise InputError(f"--seconds must be positive, got {a.seconds}")
+    if a.fps is not None and not a.fps > 0:
+        raise InputError(f"--fps must be positive, got {a.fps}")
     changes = [_prompt_at(x) for x in a.prompt_at]
+    v2v = _v2v_config(a)
+    source = _open_input(a) if a.input is not None else None  # a bad input file costs nothing either
     pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
-    fps = a.fps or pipe.config.fps
-    if not fps > 0:
-        raise InputError(f"--fps must be positive, got {fps}")
     overrides = {"batch_steps": not a.sequential, **({"steps": a.steps} if a.steps is not None else {})}
     pipe.stream_config(**overrides)  # validate before any file is opened
-    total = max(1, round(a.seconds * fps))
-    schedule = [(round(s * fps), p) for s, p in changes]
-    height, width = pipe.frame_size
-    with VideoWriter(a.output, fps, width, height) as out, tqdm(total=total, unit="frame", desc="generate") as bar:
-        for frame in pipe.frames(a.prompt, total, a.seed, schedule, **overrides):
+    if source is None:
+        fps = a.fps or pipe.config.fps
+        total = max(1, round((a.seconds or 4.0) * fps))
+        frames = pipe.frames(a.prompt, total, a.seed, [(round(s * fps), p) for s, p in changes], **overrides)
+        _write(a.output, frames, fps, pipe.frame_size, total)
+        return
+    fps = a.fps or source.fps or pipe.config.fps
+    stream = pipe.video_stream(a.prompt, source, a.seed, v2v, **overrides)
+    _write(a.output, _switching(stream, [(round(s * fps), p) for s, p in changes]), fps, pipe.frame_size, None)
+    print(_v2v_report(stream, pipe.stream_config(**overrides), pipe.frames_per_chunk), file=sys.stderr)
+
+
+def _open_input(a: argparse.Namespace) -> VideoFileSource:
+    from framecast.v2v import VideoFileSource
+
+    source = VideoFileSource(a.input)
+    if a.seconds is not None:
+        source.max_frames = max(1, round(a.seconds * (source.fps or 1.0)))
+    return source
+
+
+def _switching(stream: Stream, changes: list[tuple[int, str]]) -> Iterator[np.ndarray]:
+    """The stream's frames, switching prompts at the given frame indices."""
+    for n, frame in enumerate(stream):
+        while changes and changes[0][0] <= n:
+            stream.set_prompt(changes.pop(0)[1])
+        yield frame
+
+
+def _write(output: str, frames: Iterable[np.ndarray], fps: float, size: tuple[int, int], total: int | None) -> None:
+    from tqdm import tqdm
+
+    from framecast.io.video import VideoWriter
+
+    height, width = size
+    with VideoWriter(output, fps, width, height) as out, tqdm(total=total, unit="frame", desc="generate") as bar:
+        for frame in frames:
             out.write(frame)
             bar.update(1)
-    print(f"wrote {total} frames ({width}x{height}, {fps:g} fps) to {a.output}", file=sys.stderr)
+    print(f"wrote {out.frames_written} frames ({width}x{height}, {fps:g} fps) to {output}", file=sys.stderr)
+
+
+def _v2v_report(stream: Stream, cfg: StreamConfig, frames_per_chunk: int) -> str:
+    from framecast.v2v.feed import content_lag_bound, latency_bound
+
+    assert stream.feed is not None
+    st, sim = stream.feed.stats, stream.feed.cfg.similarity
+    skips = sim.max_skips if sim.enabled else 0
+    return (
+        f"input: {st.frames_in} frames in {st.chunks_in} chunks, {st.model_chunks} through the model, "
+        f"{st.skipped} similar ones re-emitted, {st.dropped} dropped; lag: output frame i came out with input "
+        f"frame i + {st.max_latency_frames} read at most (bound {latency_bound(cfg, frames_per_chunk)}), "
+        f"showed input frame i - {st.max_content_lag_frames} at most "
+        f"(bound {content_lag_bound(cfg, frames_per_chunk, skips)}); last strength {st.strength:g}"
+    )
 
 
 def _bench(a: argparse.Namespace) -> None:

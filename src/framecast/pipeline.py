@@ -5,6 +5,7 @@
     for frame in stream: ...                        # uint8 (H, W, 3), endless
     stream.set_prompt("a blue square")              # takes effect at the next chunk
     frames = pipe.generate("a red circle", num_frames=64)   # (T, H, W, 3) uint8
+    for frame in pipe.video_to_video("a blue square", "in.mp4"): ...   # follows the input (docs/v2v.md)
 
 A model folder holds `framecast.json` (this file's `PipelineConfig`), `dit/` and `autoencoder/`.
 """
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from framecast.engine.engine import Engine
 from framecast.errors import InputError, ModelLoadError
-from framecast.io.frames import frames_to_uint8
+from framecast.io.frames import frames_to_uint8, uint8_to_frames
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, load_autoencoder, save_autoencoder
 from framecast.models.checkpoint import load_dit, save_dit
 from framecast.models.config import preset
@@ -34,6 +35,8 @@ from framecast.models.weights import read_json
 from framecast.stream.config import StreamConfig
 from framecast.stream.live import Conditioner, Stream
 from framecast.stream.state import Condition, StreamState
+from framecast.v2v.feed import InputFeed, V2VConfig
+from framecast.v2v.sources import as_source
 
 PIPELINE_FILE = "framecast.json"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -134,6 +137,35 @@ class Pipeline:
         state = StreamState.create(self.dit.config, cfg, seed, self.dtype, self.device)
         return Stream(self.engine, state, _check_prompt(prompt), self.conditioner, self._decode)
 
+    def video_stream(
+        self, prompt: str, source: object, seed: int = 0, v2v: V2VConfig | None = None, **overrides: Any
+    ) -> Stream:
+        """A stream that follows `source` (a `FrameSource`, a video file path, a clip (T, H, W, 3) or an
+        iterable of uint8 frames): each input chunk is encoded, noised to its strength and denoised under
+        the prompt. Iterating it ends when a finite source does; `stream.feed.stats` says what happened."""
+        stream = self.stream(prompt, seed, **overrides)
+        stream.feed = InputFeed(as_source(source), self._encode, self.frame_size, self.frames_per_chunk, v2v)
+        return stream
+
+    def video_to_video(
+        self,
+        prompt: str,
+        source: object,
+        strength: float | None = None,
+        seed: int = 0,
+        v2v: V2VConfig | None = None,
+        **overrides: Any,
+    ) -> Iterator[np.ndarray]:
+        """Yield one uint8 (H, W, 3) frame per input frame, in order: the input redrawn under the prompt.
+
+        `strength` fixes the noise level of every chunk (the motion-aware controller off); None keeps the
+        controller of `v2v` (by default on). Similar chunks skip the model as `v2v.similarity` says.
+        """
+        if strength is not None:
+            base = v2v or V2VConfig()
+            v2v = dataclasses.replace(base, motion=dataclasses.replace(base.motion, enabled=False, fixed=strength))
+        return iter(self.video_stream(prompt, source, seed, v2v, **overrides))
+
     def frames(
         self, prompt: str, num_frames: int, seed: int = 0, prompt_at: Iterable[tuple[int, str]] = (), **overrides: Any
     ) -> Iterator[np.ndarray]:
@@ -162,6 +194,11 @@ class Pipeline:
     def _cross(self, embedding: Tensor) -> Condition:
         kv = self.dit.cross_kv(embedding[None])  # (L, 1, T, h, hd)
         return Condition(kv.k[:, 0], kv.v[:, 0])
+
+    @torch.inference_mode()
+    def _encode(self, frames: np.ndarray) -> Tensor:
+        """Input frames uint8 (T, H, W, 3) at the model's size -> latent (1, C, T / tf, h, w) on the device."""
+        return self.autoencoder.encode(uint8_to_frames(frames, self.device))
 
     @torch.inference_mode()
     def _decode(self, latent: Tensor) -> list[np.ndarray]:

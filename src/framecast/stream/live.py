@@ -1,4 +1,8 @@
-"""A live stream: per-viewer state plus the prompt, driven by the shared engine, yielding RGB frames."""
+"""A live stream: per-viewer state plus the prompt, driven by the shared engine, yielding RGB frames.
+
+With an input feed attached (video to video, `framecast.v2v`), every chunk the stream admits starts from
+the next input chunk, and every input chunk gives one output chunk, in order.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ import numpy as np
 from torch import Tensor
 
 from framecast.engine.engine import Engine
+from framecast.stream import scheduler
 from framecast.stream.prompt import PromptState
 from framecast.stream.state import Condition, StreamState
+from framecast.v2v.feed import Action, InputFeed
 
 
 class Conditioner:
@@ -35,7 +41,10 @@ class Conditioner:
 
 
 class Stream:
-    """One endless stream of frames. Iterate it for uint8 (H, W, 3) frames; `set_prompt` steers it live."""
+    """One endless stream of frames. Iterate it for uint8 (H, W, 3) frames; `set_prompt` steers it live.
+
+    With a `feed` (video to video) the stream follows its input: iteration ends when a finite input does.
+    """
 
     def __init__(
         self,
@@ -44,10 +53,12 @@ class Stream:
         prompt: str,
         conditioner: Conditioner,
         decode: Callable[[Tensor], list[np.ndarray]],
+        feed: InputFeed | None = None,
     ) -> None:
         self.engine, self.state, self.conditioner, self.decode = engine, state, conditioner, decode
         self.prompt = PromptState(prompt, conditioner.embed(prompt))
         self.frames_emitted = 0
+        self.feed = feed
 
     def set_prompt(self, text: str, blend_chunks: int | None = None) -> None:
         """Take `text` from the next chunk on, keeping the cache; optionally blend over a few chunks."""
@@ -59,14 +70,46 @@ class Stream:
 
     def accept(self, latents: list[Tensor]) -> list[np.ndarray]:
         """Decode latents (C, cf, H, W) the engine finished for this stream into frames."""
-        frames = [f for lat in latents for f in self.decode(lat)]
+        chunks = [self.decode(lat) for lat in latents]
+        if self.feed is not None:  # in input order; a padding chunk gives none
+            chunks = [list(self.feed.emitted(np.stack(c))) for c in chunks]
+        frames = [f for c in chunks for f in c]
         self.frames_emitted += len(frames)
         return frames
 
-    def step(self) -> list[np.ndarray]:
-        """Run one engine pass for this stream alone; frames it finished (none during warm-up)."""
+    def step(self, timeout: float = 0.0) -> list[np.ndarray]:
+        """Run one engine pass for this stream alone; frames it finished (none during warm-up).
+
+        With a feed, a pass that admits a chunk takes the next input chunk first (waiting up to `timeout`
+        s for a live source): no whole chunk yet, no pass; a chunk the similarity filter skips, no pass
+        and the last output again.
+        """
+        if self.feed is not None and scheduler.needs_chunk(self.state):
+            action = self.feed.prepare(self.state, timeout)
+            if action is Action.SKIP:
+                frames = list(self.feed.repeat())
+                self.frames_emitted += len(frames)
+                return frames
+            if action is not Action.RUN:
+                return []
         return self.accept(self.engine.step([self.state], [self.next_condition])[0])
 
+    def drain(self) -> list[np.ndarray]:
+        """After a finite input ended: the frames of the chunks still in flight (the last input chunk is
+        queued again to push them out; what it gives is dropped)."""
+        frames: list[np.ndarray] = []
+        while self.feed is not None and self.feed.pending():
+            if scheduler.needs_chunk(self.state):
+                self.feed.pad(self.state)
+            frames += self.accept(self.engine.step([self.state], [self.next_condition])[0])
+        return frames
+
+    def detach_input(self) -> None:
+        """Go on from the prompt alone (text to video), keeping the cache; chunks in flight finish as they are."""
+        self.feed = None
+        self.state.inputs.clear()
+
     def __iter__(self) -> Iterator[np.ndarray]:
-        while True:
-            yield from self.step()
+        while self.feed is None or not self.feed.done:
+            yield from self.step(self.feed.cfg.wait_s if self.feed is not None else 0.0)
+        yield from self.drain()
