@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seeds", type=int, default=2, help="clips per held-out combination (default: 2)")
     e.add_argument("--drift-seconds", type=float, default=300.0, help="length of the drift streams (default: 300)")
     _model_args(e)
+    _eval_v2v_args(sub.add_parser("eval-v2v", help="video-to-video figures of a model on the procedural world"))
     _serve_args(sub.add_parser("serve", help="serve the browser UI and live streams"))
     _bench_serve_args(sub.add_parser("bench-serve", help="load-test the live server on loopback"))
     return ap
@@ -256,6 +257,37 @@ def _eval(a: argparse.Namespace) -> None:
         a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
+def _eval_v2v_args(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    e.add_argument("--clips", type=int, default=10, help="world clips, one moving object each (default: 10)")
+    e.add_argument("--seconds", type=float, default=3.0, help="length of each clip (default: 3)")
+    e.add_argument("--strength", type=float, default=None, help="fixed strength (default: motion-aware)")
+    e.add_argument("--steps", type=int, default=None, help="denoising steps per chunk, 1-4 (default: the model's)")
+    e.add_argument("--skip-similar", action=argparse.BooleanOptionalAction, default=True,
+                   help="let similar input chunks skip the model (default: on)")
+    e.add_argument("--live-seconds", type=float, default=4.0, help="length of the real-time run, 0 for none")
+    e.add_argument("--seed", type=int, default=0)
+    _model_args(e)
+
+
+def _eval_v2v(a: argparse.Namespace) -> None:
+    from framecast.evaluation.v2v import V2VEvalSettings, format_table, run_v2v_eval
+    from framecast.pipeline import Pipeline
+
+    if a.json is not None and not a.json.parent.resolve().is_dir():
+        raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
+    if a.clips < 1 or not a.seconds > 0 or not a.live_seconds >= 0:
+        raise InputError("--clips and --seconds must be positive, --live-seconds 0 or more")
+    settings = V2VEvalSettings(a.clips, a.seconds, a.strength, a.steps, a.skip_similar, a.live_seconds, a.seed)
+    settings.v2v()  # validate the strength before the model loads
+    pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
+    pipe.stream_config(**settings.overrides())
+    result = run_v2v_eval(pipe, settings, lambda m: print(f"eval-v2v: {m}", file=sys.stderr))
+    print(format_table(result))
+    if a.json is not None:
+        a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+
+
 def _serve_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
@@ -315,6 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bench": _bench,
             "train": _train,
             "eval": _eval,
+            "eval-v2v": _eval_v2v,
             "serve": _serve,
             "bench-serve": _bench_serve,
         }[args.command](args)

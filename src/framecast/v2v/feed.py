@@ -75,12 +75,17 @@ class FeedStats:
     latency_s_sum: float = 0.0  # wall clock: the newest frame of a chunk arrived -> that output chunk emitted
     max_latency_s: float = 0.0
     strength: float = 0.0  # of the last chunk
+    strength_sum: float = 0.0
     motion: float = 0.0  # of the last chunk
     dropped: int = 0  # the source's dropped frames (live sources)
 
     @property
     def mean_latency_s(self) -> float:
         return self.latency_s_sum / self.chunks_out if self.chunks_out else 0.0
+
+    @property
+    def mean_strength(self) -> float:
+        return self.strength_sum / self.chunks_in if self.chunks_in else 0.0
 
 
 class InputFeed:
@@ -117,6 +122,7 @@ class InputFeed:
         self._take(len(grab.frames), grab.times[-1])
         strength = max(round(self.controller.update(chunk), STRENGTH_DECIMALS), 10.0**-STRENGTH_DECIMALS)
         self.stats.strength, self.stats.motion = strength, self.controller.state.motion
+        self.stats.strength_sum += strength
         if self.filter.skip(chunk, allowed=self._last is not None):
             self.stats.skipped += 1
             return Action.SKIP
