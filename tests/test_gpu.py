@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def _latents(device: str, dtype: torch.dtype) -> torch.Tensor:
     model = tiny_model().to(device, dtype)
     kv = model.cross_kv(RandomTextEncoder(model.config.text_dim).encode(["red"]).to(device))
-    cond = Condition(kv.k[:, 0], kv.v[:, 0])
+    cond = Condition.from_cross(kv)
     st = StreamState.create(model.config, StreamConfig(steps=2), 0, dtype, torch.device(device))
     eng, out = Engine(model), []
     while len(out) < 6:

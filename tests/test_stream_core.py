@@ -21,7 +21,7 @@ from tests.conftest import RandomTextEncoder, tiny_config, tiny_model
 
 def _cond(model: CausalWanDiT, text: str) -> Condition:
     kv = model.cross_kv(RandomTextEncoder(model.config.text_dim).encode([text]))
-    return Condition(kv.k[:, 0], kv.v[:, 0])
+    return Condition.from_cross(kv)
 
 
 def _state(model: CausalWanDiT, cfg: StreamConfig, seed: int) -> StreamState:
@@ -64,9 +64,10 @@ def _recompute_last(
 
 
 @pytest.mark.parametrize("chunks", [3, 9])
-def test_cached_stream_equals_full_recompute(chunks: int) -> None:
+@pytest.mark.parametrize("text_modulation", [False, True])
+def test_cached_stream_equals_full_recompute(chunks: int, text_modulation: bool) -> None:
     """One-step stream with a clean cache; 9 chunks evict from a 2-chunk window (1 sink kept)."""
-    model = tiny_model()
+    model = tiny_model(text_modulation=text_modulation, precondition=text_modulation)
     cfg = StreamConfig(steps=1, window_chunks=2, sink_chunks=1, refresh_chunks=10_000, batch_steps=False)
     outs = _run(model, cfg, chunks + 1)
     gen = torch.Generator().manual_seed(7)
@@ -75,6 +76,18 @@ def test_cached_stream_equals_full_recompute(chunks: int) -> None:
         velocity = _recompute_last(model, list(outs[:chunks]), noises[chunks], cfg)
     cached_velocity = noises[chunks] - outs[chunks]  # one Euler step from sigma 1 to 0
     torch.testing.assert_close(cached_velocity, velocity, rtol=1e-4, atol=1e-4)
+
+
+def test_text_modulation_carries_the_prompt() -> None:
+    """With text modulation, a prompt changes every frame's modulation; its (B, D) vector expands per frame."""
+    model = tiny_model(text_modulation=True)
+    enc = RandomTextEncoder(model.config.text_dim)
+    kv = model.cross_kv(enc.encode(["red", "blue"]))
+    assert kv.mod is not None and kv.mod.shape == (2, model.config.dim)
+    assert kv.per_frame(3).mod.shape == (2, 3, model.config.dim)  # type: ignore[union-attr]
+    red, blue = _run(model, StreamConfig(steps=2), 2, text="red"), _run(model, StreamConfig(steps=2), 2, text="blue")
+    assert (red - blue).abs().max() > 1e-2
+    assert tiny_model().cross_kv(enc.encode(["red"])).mod is None
 
 
 def test_context_matters() -> None:
@@ -99,8 +112,9 @@ def test_refresh_is_lossless_without_sinks() -> None:
 
 
 @pytest.mark.parametrize("batch_steps", [True, False])
-def test_interleaved_streams_equal_alone(batch_steps: bool) -> None:
-    model = tiny_model()
+@pytest.mark.parametrize("text_modulation", [False, True])
+def test_interleaved_streams_equal_alone(batch_steps: bool, text_modulation: bool) -> None:
+    model = tiny_model(text_modulation=text_modulation, precondition=text_modulation)
     cfg = StreamConfig(steps=3, window_chunks=2, sink_chunks=1, refresh_chunks=4, batch_steps=batch_steps)
     alone_a, alone_b = _run(model, cfg, 6, seed=1, text="red"), _run(model, cfg, 6, seed=2, text="blue")
     a, b, eng = _state(model, cfg, 1), _state(model, cfg, 2), Engine(model)

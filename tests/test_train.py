@@ -166,3 +166,47 @@ def test_train_command_rejects_bad_input_in_one_line(tmp_path: Path, capsys: pyt
     blocker.write_text("x")
     assert main(["train", "--out", str(blocker / "run")]) == 2
     assert "cannot create the run folder" in capsys.readouterr().err
+
+
+def test_object_mask_covers_objects_not_background() -> None:
+    from framecast.train.autoencoder import object_mask
+    from framecast.world import detect_objects, render, sample_scene
+
+    frame = render(sample_scene(3, "train", height=64, width=64), 10, 1)[0]  # (H, W, 3) uint8
+    x = torch.from_numpy(frame).float().div(127.5).sub(1).permute(2, 0, 1)[None, :, None]  # (1, 3, 1, H, W)
+    mask = object_mask(x)[0, 0, 0]  # (H, W)
+    objects = detect_objects(frame)
+    assert objects
+    for d in objects:
+        x0, y0, x1, y1 = d.bbox
+        assert mask[y0:y1, x0:x1].mean() > 0.5
+    assert mask.mean() < 0.3
+
+
+def test_precondition_is_the_linear_guess_plus_a_scaled_rest() -> None:
+    from framecast.models.dit import precondition
+
+    x, out = torch.randn(2, 3, 3, 4, 4), torch.randn(2, 3, 3, 4, 4)
+    t = torch.tensor([[1000.0, 500.0, 0.0]] * 2)
+    v = precondition(x, out, t)
+    torch.testing.assert_close(v[:, :, 0], x[:, :, 0] + out[:, :, 0])  # s = 1: skip 1, scale 1
+    torch.testing.assert_close(v[:, :, 1], 2**0.5 * out[:, :, 1])  # s = 1/2: x says nothing about v
+    torch.testing.assert_close(v[:, :, 2], -x[:, :, 2] + out[:, :, 2])  # s = 0: v = -x0 = -x
+
+
+def test_captions_without_a_background_get_the_default_one() -> None:
+    from framecast.train.data import BACKGROUND_WORDS, default_background
+    from framecast.world import detect_background, detect_objects
+
+    rng, named, unnamed = np.random.default_rng(4), 0, 0
+    for _ in range(40):
+        s = clip_sample(rng, window=2, tf=2, max_gap=3, height=32, width=32, switch_prob=0.0)
+        if any(w in s.captions[0].lower() for w in BACKGROUND_WORDS):
+            named += 1
+            continue
+        unnamed += 1
+        colors = [d.color for d in detect_objects(s.frames[0])]
+        bg = detect_background(s.frames[0])
+        assert (bg.top, bg.bottom) == (default_background(colors).top,) * 2
+    assert named and unnamed
+    assert default_background(["red"]).top == "black" and default_background(["black", "red"]).top == "white"

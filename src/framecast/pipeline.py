@@ -193,7 +193,7 @@ class Pipeline:
     @torch.inference_mode()
     def _cross(self, embedding: Tensor) -> Condition:
         kv = self.dit.cross_kv(embedding[None])  # (L, 1, T, h, hd)
-        return Condition(kv.k[:, 0], kv.v[:, 0])
+        return Condition.from_cross(kv)
 
     @torch.inference_mode()
     def _encode(self, frames: np.ndarray) -> Tensor:

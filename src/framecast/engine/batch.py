@@ -79,8 +79,11 @@ def _run_many(model: CausalWanDiT, reqs: list[PassRequest], mask_cache: dict[tup
     x = torch.cat([_pad(r.x, 2, Fmax) for r in reqs])  # (B, C, F, H, W)
     t = torch.cat([_pad(r.t, 1, Fmax) for r in reqs])  # (B, F)
     pos = torch.cat([_pad(r.pos, 1, Fmax) for r in reqs])
+    mods = [r.cross.mod for r in reqs]
     cross = CrossKV(
-        torch.cat([_pad(r.cross.k, 2, Fmax) for r in reqs], 1), torch.cat([_pad(r.cross.v, 2, Fmax) for r in reqs], 1)
+        torch.cat([_pad(r.cross.k, 2, Fmax) for r in reqs], 1),
+        torch.cat([_pad(r.cross.v, 2, Fmax) for r in reqs], 1),
+        None if mods[0] is None else torch.cat([_pad(m, 1, Fmax) for m in mods if m is not None]),  # (B, F, D)
     )
     past = _cat_past(reqs, Mmax)
     mask = None

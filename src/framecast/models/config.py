@@ -36,6 +36,8 @@ class DiTConfig:
     eps: float = 1e-6
     rope_theta: float = 10000.0
     chunk_frames: int = 3
+    text_modulation: bool = False  # also add the pooled text to the timestep embedding (not in Wan2.1)
+    precondition: bool = False  # velocity = skip(s) * x + scale(s) * network output (not in Wan2.1)
     latent_height: int = 60
     latent_width: int = 104
     extra: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +99,8 @@ PRESETS: dict[str, DiTConfig] = {
         text_dim=384,
         freq_dim=64,
         chunk_frames=1,
+        text_modulation=True,
+        precondition=True,
         latent_height=8,
         latent_width=8,
     ),

@@ -32,19 +32,23 @@ from framecast.models.rope import apply_rope, rope_angles
 class CrossKV:
     """Cross-attention keys/values of the text condition of every frame: (L, B, F, T, heads, head_dim).
 
-    `CausalWanDiT.cross_kv` gives (L, B, T, heads, head_dim) for a prompt; `per_frame` expands it.
+    `mod`: with `text_modulation`, the pooled text added to every frame's timestep embedding, (B, F, D)
+    (float32); None otherwise. `CausalWanDiT.cross_kv` gives (L, B, T, heads, head_dim) and a mod of
+    (B, D) for a prompt; `per_frame` expands them.
     """
 
     k: Tensor
     v: Tensor
+    mod: Tensor | None = None
 
     def per_frame(self, frames: int) -> CrossKV:
-        """(L, B, T, h, hd) -> (L, B, frames, T, h, hd), a view."""
+        """(L, B, T, h, hd) -> (L, B, frames, T, h, hd) and mod (B, D) -> (B, frames, D), views."""
 
         def f(x: Tensor) -> Tensor:
             return x[:, :, None].expand(-1, -1, frames, -1, -1, -1)
 
-        return CrossKV(f(self.k), f(self.v))
+        mod = None if self.mod is None else self.mod[:, None].expand(-1, frames, -1)
+        return CrossKV(f(self.k), f(self.v), mod)
 
 
 @dataclass
@@ -70,6 +74,21 @@ def sinusoidal(t: Tensor, dim: int) -> Tensor:
     freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float64) / half)
     args = t.to(torch.float64)[..., None] * freqs
     return torch.cat([args.cos(), args.sin()], dim=-1).float()
+
+
+def precondition(x: Tensor, out: Tensor, t: Tensor) -> Tensor:
+    """Velocity from the network output with a skip from the input, for unit-variance latents.
+
+    With x_s = (1 - s) x0 + s noise, the best linear guess of v = noise - x0 from x_s is skip(s) * x_s,
+    skip = (2s - 1) / ((1 - s)^2 + s^2), and the rest has standard deviation scale(s); the network only
+    predicts that rest. At s = 1 it predicts -x0 from the text alone instead of copying the noise through
+    every layer. x, out: (B, C, F, H, W); t: (B, F) timesteps.
+    """
+    s = (t.float() / 1000.0)[:, None, :, None, None]  # (B, 1, F, 1, 1)
+    den = (1 - s) ** 2 + s**2
+    skip = (2 * s - 1) / den
+    scale = (2 - (2 * s - 1) ** 2 / den).clamp_min(0).sqrt()
+    return (skip * x.float() + scale * out.float()).to(out.dtype)
 
 
 class _Attention(nn.Module):
@@ -174,6 +193,19 @@ class CausalWanDiT(nn.Module):
         )
         self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, c.dim * 6))
+        # Global text conditioning through the modulation (as class labels in DiT): with one pooled
+        # sentence embedding, cross-attention alone reduces to a constant bias per prompt. The norm
+        # brings unit-length sentence embeddings (components ~ 1 / sqrt(text_dim)) to unit scale.
+        self.text_modulation = (
+            nn.Sequential(
+                nn.LayerNorm(c.text_dim, elementwise_affine=False),
+                nn.Linear(c.text_dim, c.dim),
+                nn.SiLU(),
+                nn.Linear(c.dim, c.dim),
+            )
+            if c.text_modulation
+            else None
+        )
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.num_layers))
         self.head = Head(c)
 
@@ -181,7 +213,10 @@ class CausalWanDiT(nn.Module):
         """Text embeddings (B, T, text_dim) -> per-layer cross-attention keys/values, cached per prompt."""
         context = self.text_embedding(text.to(self.patch_embedding.weight.dtype))  # (B, T, D)
         kv = [blk.cross_attn.kv(context) for blk in self.blocks]  # type: ignore[union-attr,operator]
-        return CrossKV(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]))
+        mod = None
+        if self.text_modulation is not None:
+            mod = self.text_modulation(text.to(context.dtype).mean(1)).float()  # (B, D)
+        return CrossKV(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]), mod)
 
     def forward(
         self,
@@ -203,6 +238,8 @@ class CausalWanDiT(nn.Module):
         tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, D, F, h, w)
         tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, F, P, D)
         e = self.time_embedding(sinusoidal(t, c.freq_dim).type_as(tokens)).float()  # (B, F, D)
+        if cross.mod is not None:
+            e = e + cross.mod
         e6 = self.time_projection(e.type_as(tokens)).float().unflatten(-1, (6, c.dim))[:, :, None]
         rope = rope_angles(frame_pos, grid, c.head_dim, c.rope_theta)
         keys, values = [], []
@@ -211,8 +248,10 @@ class CausalWanDiT(nn.Module):
             tokens, k, v = blk(tokens, e6, rope, (cross.k[i], cross.v[i]), layer_past, mask)
             keys.append(k)
             values.append(v)
-        out = self.head(tokens, e)  # (B, F, P, C * ph * pw)
-        return DiTOutput(self._unpatchify(out, grid), keys, values)
+        out = self._unpatchify(self.head(tokens, e), grid)  # (B, C, F, H, W)
+        if c.precondition:
+            out = precondition(x, out, t)
+        return DiTOutput(out, keys, values)
 
     def _unpatchify(self, out: Tensor, grid: tuple[int, int]) -> Tensor:
         """(B, F, h * w, ph * pw * C) -> (B, C, F, h * ph, w * pw), Wan's channel order."""

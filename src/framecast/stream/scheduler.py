@@ -197,10 +197,13 @@ def _cross(state: StreamState, rows: list[InFlight]) -> CrossKV:
     """Condition (L, T, h, hd) of each chunk -> (L, 1, F, T, h, hd); a cached view when all chunks share one."""
     cf, cond = state.latent_shape[1], rows[0].cond
     if len(rows) > 1 and any(r.cond is not cond for r in rows):
-        return CrossKV(_per_frame([r.cond.k for r in rows], cf), _per_frame([r.cond.v for r in rows], cf))
+        mods = [r.cond.mod for r in rows]
+        mod = None if mods[0] is None else torch.cat([_expand_mod(m, cf) for m in mods if m is not None], 1)
+        return CrossKV(_per_frame([r.cond.k for r in rows], cf), _per_frame([r.cond.v for r in rows], cf), mod)
     frames = cf * len(rows)
     if state.cross is None or state.cross[0] is not cond or state.cross[1] != frames:
-        state.cross = (cond, frames, CrossKV(_expand(cond.k, frames), _expand(cond.v, frames)))
+        mod = None if cond.mod is None else _expand_mod(cond.mod, frames)
+        state.cross = (cond, frames, CrossKV(_expand(cond.k, frames), _expand(cond.v, frames), mod))
     return state.cross[2]
 
 
@@ -211,3 +214,8 @@ def _per_frame(conds: list[Tensor], cf: int) -> Tensor:
 def _expand(c: Tensor, frames: int) -> Tensor:
     """(L, T, h, hd) -> (L, 1, frames, T, h, hd), a view."""
     return c[:, None, None].expand(-1, -1, frames, -1, -1, -1)
+
+
+def _expand_mod(m: Tensor, frames: int) -> Tensor:
+    """(D,) -> (1, frames, D), a view."""
+    return m[None, None].expand(-1, frames, -1)

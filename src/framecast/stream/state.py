@@ -21,10 +21,16 @@ from framecast.stream.positions import PositionPlan
 
 @dataclass
 class Condition:
-    """Text condition of one chunk: cross-attention keys/values (L, T, h, hd)."""
+    """Text condition of one chunk: cross-attention keys/values (L, T, h, hd), text modulation (D,) or None."""
 
     k: Tensor
     v: Tensor
+    mod: Tensor | None = None
+
+    @classmethod
+    def from_cross(cls, kv: CrossKV) -> Condition:
+        """Row 0 of `CausalWanDiT.cross_kv`'s output (L, 1, T, h, hd)."""
+        return cls(kv.k[:, 0], kv.v[:, 0], None if kv.mod is None else kv.mod[0])
 
 
 @dataclass(frozen=True)

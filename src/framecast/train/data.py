@@ -1,6 +1,11 @@
 """Training data from the procedural world: frame groups for the autoencoder, clips with captions for the DiT.
 
 Pixel layout: float tensors (B, 3, T, H, W) in [-1, 1], as the autoencoder takes them.
+
+Captions that leave the background out get the default background (`default_background`): black, or the
+first palette color every object stands out on. A caption then fixes everything in a clip but the places
+of the objects, so the model can learn the text; a random background under a caption that never names it
+is most of a frame's variance, and a model trained on it draws an average background whatever the prompt.
 """
 
 from __future__ import annotations
@@ -13,10 +18,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from framecast.world.captions import caption
 from framecast.world.render import render
 from framecast.world.sample import sample_scene
-from framecast.world.scene import ObjectSpec, Scene, object_state
-from framecast.world.vocab import allowed_on, is_heldout
+from framecast.world.scene import Background, ObjectSpec, Scene, object_state
+from framecast.world.vocab import COLORS, allowed_on, is_heldout
+
+DEFAULT_BACKGROUNDS = ("black", "white", *COLORS)  # tried in this order
+BACKGROUND_WORDS = ("background", "backdrop", "gradient")  # every background phrase of the captions has one
 
 MAX_START = 4000  # frames: clips start anywhere in the first ~3 minutes of a scene
 SCENE_POOL = 1024  # autoencoder batches draw from this many scenes (each at random times), sampled once
@@ -60,19 +69,35 @@ def clip_sample(
     rng: np.random.Generator, window: int, tf: int, max_gap: int, height: int, width: int, switch_prob: float
 ) -> Sample:
     """A sink group at frame 0 and `window` consecutive groups starting `gap` groups later (gap >= 1)."""
-    from framecast.world import caption
-
     scene = sample_scene(int(rng.integers(2**31)), "train", height=height, width=width)
     gap = 1 if rng.random() < 0.4 else int(rng.integers(2, max_gap + 1))
     starts = [0] + [(gap + i) * tf for i in range(window)]
+    scene, text = captioned(scene, rng)
     frames = [render(scene, s, tf) for s in starts]
-    captions = [caption(scene, rng)] * (window + 1)
+    captions = [text] * (window + 1)
     if rng.random() < switch_prob:
         at = int(rng.integers(2, window + 1))  # switch before group `at` of the window (index into starts)
-        new = switched_scene(scene, rng, starts[at])
+        new, text = captioned(switched_scene(scene, rng, starts[at]), rng)
         frames[at:] = [render(new, s - starts[at], tf) for s in starts[at:]]
-        captions[at:] = [caption(new, rng)] * (window + 1 - at)
+        captions[at:] = [text] * (window + 1 - at)
     return Sample(np.concatenate(frames), starts, captions)
+
+
+def default_background(colors: list[str]) -> Background:
+    """The background of a caption that names none: the first of DEFAULT_BACKGROUNDS all `colors` stand out on."""
+    for c in DEFAULT_BACKGROUNDS:
+        if all(allowed_on(o, c, c) for o in colors):
+            return Background("solid", c, c)
+    raise ValueError(f"no palette background suits {colors}")  # two objects cover at most two colors
+
+
+def captioned(scene: Scene, rng: np.random.Generator) -> tuple[Scene, str]:
+    """A caption of `scene`, and the scene itself with the default background if the caption names none."""
+    text = caption(scene, rng)
+    if any(w in text.lower() for w in BACKGROUND_WORDS):
+        return scene, text
+    background = default_background([o.color for o in scene.objects])
+    return dataclasses.replace(scene, background=background), text
 
 
 def switched_scene(scene: Scene, rng: np.random.Generator, frame: int) -> Scene:

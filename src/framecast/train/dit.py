@@ -4,8 +4,12 @@ Every group (latent frame) of a sample gets its own noise level, and attention f
 visibility rule (block-causal, a window of chunks plus sinks), so one model serves both a clean cache
 and the moving-buffer stream batch. Half of the samples draw levels independently (diffusion forcing);
 the other half use the pattern of the stream batch: the newest group at pass j of a k-step schedule,
-the group m before it at pass j + m, clean groups further back. Some samples that start at the stream's
-first chunk replay its warm-up instead (no clean context at all), so generation from nothing is learnt too.
+the group m before it at pass j + m, clean groups further back.
+
+A share of samples ("fresh" samples) has no clean context at all: those that start at the stream's first
+chunk replay its warm-up, the others train only their sink group (which attends to nothing else). There
+the text is the only source of the picture, so these samples are what teaches the model to follow the
+prompt. The loss is a mean per sample, so a fresh sample counts as much as one with eleven noisy groups.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ class DiTTrainConfig:
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=10000, lr=5e-4, warmup=300, ema=0.999))
     batch: int = 16
     stream_prob: float = 0.5  # share of samples with the stream-batch pattern of noise levels
-    warmup_prob: float = 0.3  # share of contiguous samples that replay the stream's warm-up (no clean context)
+    fresh_prob: float = 0.35  # share of samples with no clean context (warm-up replay or a lone sink)
     shift: float = 3.0  # schedule shift of the stream pattern (the model's default at inference)
     sink_clean_prob: float = 0.7
     window_chunks: int = 6
@@ -74,6 +78,16 @@ def warmup_levels(rng: np.random.Generator, groups: int, shift: float) -> tuple[
     return levels, weight
 
 
+def sink_only_levels(rng: np.random.Generator, groups: int, shift: float) -> tuple[np.ndarray, np.ndarray]:
+    """Levels (groups,) and loss weights (groups,): the sink group alone at a random level, the rest ignored."""
+    levels, weight = np.ones(groups), np.zeros(groups)
+    u = rng.random()
+    levels[0] = float(shift_sigma(torch.tensor([u]), shift)[0]) if rng.random() < 0.5 else u
+    levels[0] = max(levels[0], 0.02)
+    weight[0] = 1.0
+    return levels, weight
+
+
 def sample_levels(rng: np.random.Generator, batch: int, groups: int, cfg: DiTTrainConfig) -> Tensor:
     """Noise levels (B, G) in [0, 1]."""
     rows = [
@@ -95,7 +109,8 @@ def per_group_cross(model: CausalWanDiT, text: Tensor) -> CrossKV:
     """Text embeddings (B, G, T, D) -> cross K/V (L, B, G, T, h, hd), one condition per group."""
     B, G = text.shape[:2]
     kv = model.cross_kv(text.flatten(0, 1))  # (L, B * G, T, h, hd)
-    return CrossKV(kv.k.unflatten(1, (B, G)), kv.v.unflatten(1, (B, G)))
+    mod = None if kv.mod is None else kv.mod.unflatten(0, (B, G))  # (B, G, D)
+    return CrossKV(kv.k.unflatten(1, (B, G)), kv.v.unflatten(1, (B, G)), mod)
 
 
 def flow_loss(
@@ -107,8 +122,9 @@ def flow_loss(
     sigma = sample_levels(rng, B, G, cfg)  # (B, G)
     weight = (sigma > 0).float()
     contiguous = (batch["positions"][:, 1:] - batch["positions"][:, :-1] == 1).all(dim=1)  # (B,) starts at chunk 0
-    for b in np.flatnonzero(contiguous.numpy() & (rng.random(B) < cfg.warmup_prob)):
-        levels, w = warmup_levels(rng, G, cfg.shift)
+    for b in np.flatnonzero(rng.random(B) < cfg.fresh_prob):
+        fresh = warmup_levels if contiguous[b] else sink_only_levels
+        levels, w = fresh(rng, G, cfg.shift)
         sigma[b], weight[b] = torch.from_numpy(levels).float(), torch.from_numpy(w).float()
     noise = torch.randn_like(x0)
     s = sigma[:, None, :, None, None]
@@ -116,7 +132,8 @@ def flow_loss(
     mask = attention_mask(G, model.config.tokens_per_frame, cfg)
     out = model(xt, sigma * 1000.0, batch["positions"], per_group_cross(model, batch["text"]), None, mask)
     err = (out.velocity.float() - (noise - x0)).pow(2).mean(dim=(1, 3, 4))  # (B, G)
-    loss = (err * weight).sum() / weight.sum().clamp_min(1.0)
+    per_sample = (err * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B,)
+    loss = per_sample.sum() / (weight.sum(1) > 0).sum().clamp_min(1)
     return loss, {"loss": loss.item()}
 
 
