@@ -1,4 +1,4 @@
-"""The FastAPI app: the page, /ws, /rtc/offer, /healthz and /metrics over one `SessionManager`.
+"""The FastAPI app: the page, /ws, /rtc/offer, /upload, /healthz and /metrics over one `SessionManager`.
 
     app = create_app(Pipeline.load("tiny"), ServerSettings(max_sessions=4))
 
@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, WebSocket
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -25,6 +25,7 @@ from framecast.server.manager import RefusedError, SessionManager, log
 from framecast.server.protocol import error_json
 from framecast.server.rtc import RtcHub
 from framecast.server.settings import ServerSettings
+from framecast.server.upload import receive_upload
 from framecast.server.ws import serve_websocket
 
 STATIC = Path(__file__).parent / "static"
@@ -82,6 +83,10 @@ def _routes(app: FastAPI, manager: SessionManager, rtc: RtcHub) -> None:
     @app.websocket("/ws")
     async def websocket(ws: WebSocket) -> None:
         await serve_websocket(ws, manager)
+
+    @app.post("/upload")
+    async def upload(request: Request, token: str = "") -> JSONResponse:
+        return await receive_upload(request, manager, token)
 
     @app.post("/rtc/offer")
     async def offer(body: Offer) -> Any:

@@ -31,6 +31,20 @@ def encode_frame(image: np.ndarray, index: int, fmt: str = "jpeg", quality: int 
     return head + buf.getvalue()
 
 
+MAX_INPUT_PIXELS = 4096 * 4096  # a webcam frame larger than this is refused before it is decoded
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """A webcam frame the client sent (JPEG or PNG bytes) -> uint8 (H, W, 3); ValueError when it is not one."""
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.width * img.height > MAX_INPUT_PIXELS:
+            raise ValueError(f"{img.width}x{img.height} is too large")
+        return np.asarray(img.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(str(e)) from None
+
+
 def decode_frame(data: bytes) -> tuple[int, np.ndarray]:
     """header + payload -> (frame index, uint8 (H, W, 3))."""
     index, h, w, code = HEADER.unpack_from(data)

@@ -5,6 +5,11 @@ that are due (`pacing.pick_due`, earliest deadline first), runs ONE `Engine.step
 its own row: its own prompt, steps, seed and warm-up phase), decodes the chunks that finished in one
 autoencoder batch and hands their frames to each session's bounded outbox. Nothing else in the server
 touches a `Stream`.
+
+A video-to-video session (webcam or uploaded file) first takes its next input chunk (`InputFeed.prepare`):
+it joins the pass with it, re-emits its last chunk when the similarity filter skips the model, sits out
+while its live input has no whole chunk, and goes on from the prompt alone (with an `input_ended` message)
+when its input ends, breaks or sends nothing for `input_timeout_s`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from framecast.errors import InputError
 from framecast.io.frames import frames_to_uint8
 from framecast.pipeline import Pipeline
 from framecast.server.capacity import CostModel
@@ -32,6 +38,7 @@ from framecast.server.session import Close, Command, Session, SessionStats, SetP
 from framecast.server.settings import ServerSettings
 from framecast.stream.live import Stream
 from framecast.stream.state import Condition
+from framecast.v2v import Action, FrameSource, LiveSource, MotionConfig, V2VConfig, VideoFileSource
 
 log = logging.getLogger("framecast.server.engine")
 IDLE_WAIT_S = 0.1  # longest sleep with nothing due; commands wake the loop at once
@@ -49,6 +56,7 @@ class Live:
     frames_out: int = 0
     chunks_out: int = 0
     prompt_mark: tuple[int, float] | None = None  # (first chunk with the new prompt, when it was asked for)
+    source: str = "none"  # video-to-video input: none, webcam or file
 
 
 class EngineLoop:
@@ -113,9 +121,15 @@ class EngineLoop:
         clocks = {k: lv.clock for k, lv in self._live.items()}
         keys = pick_due(clocks, now, lead, self.settings.max_batch_rows)
         if keys:
-            self._pass([self._live[k] for k in keys])
-            return
-        self._wake.wait(min(max(next_ready(clocks, lead) - now, 0.0), IDLE_WAIT_S))
+            t0 = time.perf_counter()
+            run, waiting = self._take_inputs([self._live[k] for k in keys])
+            if run:
+                self._pass(run, t0)
+            if len(waiting) < len(keys):
+                return
+            clocks = {k: c for k, c in clocks.items() if k not in waiting}  # they wait for input frames
+        wait = next_ready(clocks, lead) - now
+        self._wake.wait(min(max(wait, 0.0), IDLE_WAIT_S))
         self._wake.clear()
 
     def _apply_commands(self) -> None:
@@ -137,16 +151,35 @@ class EngineLoop:
             elif isinstance(cmd, Close):
                 self._live.pop(s.id, None)
                 self._sessions.pop(s.id, None)
+        except InputError as e:  # e.g. an uploaded file that cannot be read: this session only
+            log_event(log, "command_failed", logging.WARNING, session=s.id, error=repr(e))
+            self._end(s, "bad_input", str(e))
         except Exception as e:  # e.g. a prompt the text encoder refuses: this session only
             log_event(log, "command_failed", logging.WARNING, session=s.id, error=repr(e))
             self._end(s, "engine", f"could not apply {type(cmd).__name__.lower()}: {e}")
 
     def _start(self, s: Session, cmd: Start) -> None:
         p = cmd.params
-        stream = self.pipeline.stream(p.prompt, seed=p.seed, steps=p.steps, batch_steps=True)
+        if p.source == "none":
+            stream = self.pipeline.stream(p.prompt, seed=p.seed, steps=p.steps, batch_steps=True)
+        else:
+            v2v = V2VConfig(MotionConfig() if p.strength is None else MotionConfig(enabled=False, fixed=p.strength))
+            source = self._open_input(s, p.source)
+            stream = self.pipeline.video_stream(p.prompt, source, p.seed, v2v, steps=p.steps, batch_steps=True)
         s.stats = SessionStats()
         s.outbox.clear_frames()
-        self._live[s.id] = Live(s, stream, PlaybackClock(p.fps, self.pipeline.frames_per_chunk))
+        self._live[s.id] = Live(s, stream, PlaybackClock(p.fps, self.pipeline.frames_per_chunk), source=p.source)
+
+    def _open_input(self, s: Session, kind: str) -> FrameSource:
+        """The session's upload, opened (`InputError` when unreadable), or its webcam frames from now on."""
+        if kind == "file":
+            if s.upload is None:
+                raise InputError("no video uploaded for this session")
+            return VideoFileSource(s.upload)
+        if s.live_input is None or s.live_input.ended:
+            raise InputError("no webcam frames on this connection")
+        s.live_input.clear()  # frames from before this start are stale
+        return s.live_input
 
     def _set_prompt(self, s: Session, cmd: SetPrompt) -> None:
         lv = self._live.get(s.id)
@@ -162,9 +195,70 @@ class EngineLoop:
         s.outbox.put_message(error_json(code, message))
         s.outbox.put_message({"type": "stopped", "reason": code})
 
+    # -- video-to-video input ---------------------------------------------------------------------
+    def _take_inputs(self, lives: list[Live]) -> tuple[list[Live], set[str]]:
+        """The next input chunk of every due video-to-video session: the sessions that run this pass, and
+        the ones that wait for input frames. Skipped chunks are re-emitted here; ended inputs fall back."""
+        run, waiting = [], set()
+        for lv in lives:
+            feed = lv.stream.feed
+            if feed is None:
+                run.append(lv)
+                continue
+            action, error = self._prepare(lv)
+            if action is Action.RUN:
+                run.append(lv)
+            elif action is Action.SKIP:
+                self._deliver(lv, feed.repeat(), model=False)
+                self._input_stats(lv)
+            elif action is Action.END:
+                self._input_ended(lv, error)
+                run.append(lv)  # from the prompt alone, from this pass on
+            else:
+                waiting.add(lv.session.id)
+        return run, waiting
+
+    def _prepare(self, lv: Live) -> tuple[Action, str | None]:
+        feed = lv.stream.feed
+        assert feed is not None
+        src, limit = feed.source, self.settings.input_timeout_s
+        if isinstance(src, LiveSource) and not src.ended and time.monotonic() - src.last_push > limit:
+            src.end(f"no webcam frame for {limit:g} s: the camera stopped or disconnected")
+        try:
+            return feed.prepare(lv.stream.state), None
+        except InputError as e:  # a file found corrupt part way
+            return Action.END, str(e)
+
+    def _input_ended(self, lv: Live, error: str | None) -> None:
+        """Tell the client its input ended or broke; the stream goes on from the prompt, cache kept."""
+        feed = lv.stream.feed
+        assert feed is not None
+        reason = error or feed.source.error or ("the video ended" if lv.source == "file" else "the input ended")
+        message = f"{lv.source}: {reason}; the stream goes on from the prompt alone"
+        lv.session.outbox.put_message({"type": "input_ended", "source": lv.source, "message": message})
+        log_event(log, "input_ended", session=lv.session.id, source=lv.source, reason=reason)
+        self._input_stats(lv)
+        lv.stream.detach_input()
+        feed.source.close()
+
+    def _input_stats(self, lv: Live) -> None:
+        feed = lv.stream.feed
+        if feed is None:
+            return
+        st = feed.stats
+        lv.session.stats.input = {
+            "source": lv.source,
+            "frames": st.frames_in,
+            "dropped": st.dropped,
+            "skipped": st.skipped,
+            "strength": st.strength,
+            "motion": round(st.motion, 4),
+            "lag_frames": st.max_latency_frames,
+            "latency_ms": round(st.mean_latency_s * 1000, 1),
+        }
+
     # -- one pass ---------------------------------------------------------------------------------
-    def _pass(self, lives: list[Live]) -> None:
-        t0 = time.perf_counter()
+    def _pass(self, lives: list[Live], t0: float) -> None:
         units = sum(len(lv.stream.state.inflight) + 1 for lv in lives)  # stream batch admits one chunk a pass
         try:
             out = self.pipeline.engine.step([lv.stream.state for lv in lives], [_cond(lv) for lv in lives])
@@ -177,7 +271,10 @@ class EngineLoop:
         done = [(lv, lat) for lv, latents in zip(lives, out, strict=True) for lat in latents]
         if done:
             for (lv, _), frames in zip(done, self._decode([lat for _, lat in done]), strict=True):
-                self._deliver(lv, frames)
+                feed = lv.stream.feed
+                self._deliver(lv, frames if feed is None else feed.emitted(frames))
+        for lv in lives:
+            self._input_stats(lv)
         t2 = time.perf_counter()
         self.cost.observe(units, t2 - t0)
         self.passes += 1
@@ -191,11 +288,14 @@ class EngineLoop:
         clips = self.pipeline.autoencoder.decode(torch.stack(latents).float())  # (N, 3, T, H, W) in [-1, 1]
         return [frames_to_uint8(clip) for clip in clips]
 
-    def _deliver(self, lv: Live, frames: np.ndarray) -> None:
-        """Frames (T, H, W, 3) of one finished chunk, to the session's outbox with their play times."""
+    def _deliver(self, lv: Live, frames: np.ndarray, model: bool = True) -> None:
+        """Frames (T, H, W, 3) of one finished chunk, to the session's outbox with their play times.
+        `model=False`: a chunk re-emitted without the model (no chunk latency to measure)."""
+        if not len(frames):
+            return
         s, now = lv.session, time.monotonic()
         start, missed = lv.clock.emit(now)
-        self._count_chunk(lv, now, missed)
+        self._count_chunk(lv, now, missed, model)
         dt = 1.0 / lv.clock.fps
         for i, img in enumerate(frames):
             if not s.outbox.put_frame(Frame(img, lv.frames_out + i, start + i * dt, now)):
@@ -204,9 +304,9 @@ class EngineLoop:
         s.stats.frames = lv.frames_out
         self.metrics.frames_emitted.inc(len(frames))
 
-    def _count_chunk(self, lv: Live, now: float, missed: bool) -> None:
+    def _count_chunk(self, lv: Live, now: float, missed: bool, model: bool) -> None:
         st = lv.session.stats
-        if lv.admitted:
+        if model and lv.admitted:
             latency = now - lv.admitted.popleft()
             st.latency_ms += (latency * 1000 - st.latency_ms) * (1.0 if st.chunks == 0 else LATENCY_EMA)
             self.metrics.chunk_latency.observe(latency)

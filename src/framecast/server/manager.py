@@ -7,12 +7,20 @@ admission policy.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from framecast.errors import InputError
 from framecast.pipeline import Pipeline
 from framecast.server.capacity import CostModel, Demand
+from framecast.server.encode import decode_image
 from framecast.server.engine_loop import EngineLoop
 from framecast.server.logs import log_event
 from framecast.server.metrics import Metrics
@@ -20,6 +28,7 @@ from framecast.server.outbox import Outbox
 from framecast.server.protocol import ControlError, PromptMsg, StartMsg, StopMsg, error_json, parse_control
 from framecast.server.session import Close, Session, SetPrompt, Start, Stop, StreamParams
 from framecast.server.settings import MAX_CONTROL_BYTES, MAX_PROMPT_CHARS, MAX_SEED, ServerSettings
+from framecast.v2v import LiveSource, fit_frame
 
 log = logging.getLogger("framecast.server")
 
@@ -41,6 +50,7 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self.default_steps = pipeline.stream_config().steps
         self.default_fps = settings.fps or min(pipeline.config.fps, settings.max_fps)
+        self._uploads: Path | None = None  # a private temporary folder, made at the first upload
 
     # -- lifecycle --------------------------------------------------------------------------------
     def startup(self) -> None:
@@ -52,6 +62,8 @@ class SessionManager:
         for s in list(self.sessions.values()):
             self.close(s)
         self.engine.stop(self.settings.shutdown_timeout_s)
+        if self._uploads is not None:
+            shutil.rmtree(self._uploads, ignore_errors=True)
 
     def open(self, transport: str) -> Session:
         """A new session for a connection, or `RefusedError` when the server is full or out of capacity."""
@@ -76,6 +88,10 @@ class SessionManager:
         s.params, s.demand = None, None
         s.commands.append(Close())
         s.outbox.close()
+        if s.live_input is not None:
+            s.live_input.end()
+        if s.upload is not None:
+            s.upload.unlink(missing_ok=True)
         self.engine.notify()
         self._gauges()
         log_event(
@@ -107,12 +123,13 @@ class SessionManager:
         fps, steps = msg.fps or self.default_fps, msg.steps or self.default_steps
         if fps > self.settings.max_fps:
             raise ControlError("invalid", f"invalid start message: fps must be at most {self.settings.max_fps:g}")
+        self._check_source(s, msg.source)
         demand = self._demand(fps, steps)
         load = self._load_with(demand, s)
         if load > self.settings.max_utilization:
             self.metrics.refused.labels("capacity").inc()
             raise ControlError("over_capacity", self._capacity_message(load))
-        s.params = StreamParams(msg.prompt, msg.seed, steps, fps, msg.format, msg.quality)
+        s.params = StreamParams(msg.prompt, msg.seed, steps, fps, msg.format, msg.quality, msg.source, msg.strength)
         s.demand = demand
         self._post(s, Start(s.params))
         self.metrics.utilization.set(self._load_with(None, None))
@@ -124,7 +141,55 @@ class SessionManager:
             "steps": steps,
             "fps": fps,
             "format": msg.format,
+            "source": msg.source,
+            "strength": msg.strength,
         }
+
+    def _check_source(self, s: Session, source: str) -> None:
+        """A start that asks for an input must have one: an upload, or webcam frames on this connection."""
+        if source == "file" and s.upload is None:
+            raise ControlError("no_file", "no video uploaded: POST it to /upload?token=... first (token in hello)")
+        if source != "webcam":
+            return
+        if s.transport == "ws" and (s.live_input is None or s.live_input.ended):
+            s.live_input = LiveSource(self.input_capacity)  # the client sends JPEG frames as binary messages
+        elif s.live_input is None:
+            raise ControlError("no_webcam", "this connection sends no video: offer a webcam track (sendrecv)")
+        elif s.live_input.ended:
+            raise ControlError("no_webcam", "the webcam track of this connection ended: reconnect to use it again")
+
+    @property
+    def input_capacity(self) -> int:
+        """Frames a session's live input buffers before it drops the oldest."""
+        return self.settings.input_chunks * self.pipeline.frames_per_chunk
+
+    # -- video-to-video input -------------------------------------------------------------------------
+    def push_frame(self, s: Session, frame: np.ndarray) -> None:
+        """A webcam frame for the session (any size: fitted to the model's); ignored when no webcam stream runs."""
+        if s.live_input is not None and not s.live_input.ended:
+            s.live_input.push(fit_frame(frame, self.pipeline.frame_size))
+            self.engine.notify()
+
+    def handle_binary(self, s: Session, data: bytes) -> dict[str, Any] | None:
+        """A binary message: a webcam frame (JPEG) while a webcam stream runs over the WebSocket, else refused.
+        None when the frame was taken (no reply: frames are not acknowledged)."""
+        if s.params is None or s.params.source != "webcam" or s.live_input is None or s.live_input.ended:
+            return self.handle(s, data)
+        try:
+            self.push_frame(s, decode_image(data))
+        except (ValueError, InputError) as e:
+            self.metrics.bad_messages.labels("bad_frame").inc()
+            return error_json("bad_frame", f"a binary message must be one JPEG webcam frame: {e}")
+        return None
+
+    def by_token(self, token: str) -> Session | None:
+        return next((s for s in self.sessions.values() if _same(s.upload_token, token)), None)
+
+    def upload_path(self, s: Session) -> Path:
+        """Where the session's upload goes: a name the server makes, in a folder only it uses."""
+        if self._uploads is None:
+            self._uploads = Path(tempfile.mkdtemp(prefix="framecast-uploads-"))
+        return self._uploads / f"{s.id}.video"
 
     def _prompt(self, s: Session, msg: PromptMsg) -> dict[str, Any]:
         if s.params is None:
@@ -153,6 +218,9 @@ class SessionManager:
             "frame_size": [h, w],
             "frames_per_chunk": self.pipeline.frames_per_chunk,
             "defaults": {"fps": self.default_fps, "steps": self.default_steps},
+            "sources": ["none", "webcam", "file"],
+            "upload_token": s.upload_token,
+            "max_upload_bytes": int(self.settings.max_upload_mb * 1e6),
             "limits": {
                 "max_fps": self.settings.max_fps,
                 "max_steps": 4,
@@ -175,6 +243,7 @@ class SessionManager:
             "misses": st.misses,
             "dropped": s.outbox.dropped,
             "queue": s.outbox.frames_waiting(),
+            "input": st.input,
         }
 
     @staticmethod
@@ -212,6 +281,10 @@ class SessionManager:
     def _gauges(self) -> None:
         self.metrics.sessions.labels("connected").set(len(self.sessions))
         self.metrics.sessions.labels("streaming").set(sum(s.streaming for s in self.sessions.values()))
+
+
+def _same(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())
 
 
 def _round(x: float | None) -> float | None:

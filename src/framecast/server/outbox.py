@@ -88,6 +88,8 @@ class Outbox:
         return await self._get(frames=True, messages=True, timeout=timeout)
 
     async def _get(self, frames: bool, messages: bool, timeout: float | None = None) -> Frame | dict[str, Any] | None:
+        # one deadline for the whole call: wake-ups for the other queue must not restart the timeout
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         while True:
             with self._lock:
                 if messages and self._messages:
@@ -98,7 +100,7 @@ class Outbox:
                     raise OutboxClosedError
                 self._event.clear()
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout_at(deadline):
                     await self._event.wait()
             except TimeoutError:
                 return None

@@ -3,12 +3,14 @@
 Client -> server, each a JSON object of at most `MAX_CONTROL_BYTES` bytes with no unknown fields:
 
     {"type": "start", "prompt": str, "seed": int, "steps": int, "fps": float, "format": "jpeg"|"png"|"raw",
-     "quality": int}                                       all but type and prompt optional
+     "quality": int, "source": "none"|"webcam"|"file", "strength": float}    all but type and prompt optional
     {"type": "prompt", "text": str, "blend": int}           blend optional (chunks to blend over)
     {"type": "stop"}
 
-Server -> client: {"type": "hello" | "started" | "prompt" | "stopped" | "stats" | "error", ...}; an error is
-{"type": "error", "code": str, "message": str} and never ends the session by itself.
+Server -> client: {"type": "hello" | "started" | "prompt" | "stopped" | "stats" | "input_ended" | "error", ...};
+an error is {"type": "error", "code": str, "message": str} and never ends the session by itself.
+"input_ended" says that a video-to-video input (webcam, file) ended or broke and the stream goes on from the
+prompt alone.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class StartMsg(BaseModel):
     fps: float | None = Field(None, gt=0, le=ABSOLUTE_MAX_FPS)
     format: Literal["jpeg", "png", "raw"] = "jpeg"
     quality: int = Field(80, ge=10, le=95)
+    source: Literal["none", "webcam", "file"] = "none"
+    strength: float | None = Field(None, gt=0, le=1)
 
 
 class PromptMsg(BaseModel):

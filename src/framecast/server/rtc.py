@@ -2,6 +2,9 @@
 fed by the session's frames, control messages and replies go over a data channel (same JSON as the
 WebSocket). No STUN or TURN: `iceServers` is empty. When the server listens on loopback, ICE uses loopback
 candidates only, on both sides (aioice skips 127.0.0.1 by default, so it is told to use it).
+
+A client that offers a sendrecv video transceiver with its webcam gets it read into the session's live
+input (video to video); when that track ends, the input ends with a message saying so.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError, VideoStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 from av import VideoFrame
 
 from framecast.server.logs import log_event
@@ -25,6 +28,7 @@ from framecast.server.manager import SessionManager
 from framecast.server.outbox import OutboxClosedError
 from framecast.server.ratemeter import RateMeter
 from framecast.server.session import Session
+from framecast.v2v import LiveSource
 
 log = logging.getLogger("framecast.server.rtc")
 CLOCK = 90_000  # RTP video clock
@@ -91,6 +95,7 @@ class RtcHub:
         self.manager = manager
         self.loopback = manager.settings.loopback
         self.peers: dict[RTCPeerConnection, Session] = {}
+        self._inputs: set[asyncio.Task[None]] = set()  # webcam readers, one per session that sends video
         if self.loopback:
             use_loopback_ice()
 
@@ -101,6 +106,7 @@ class RtcHub:
         self.peers[pc] = s
         meter = RateMeter()
         pc.on("datachannel", lambda ch: self._bind(pc, s, ch, meter))
+        pc.on("track", lambda track: self._receive(s, track))
         pc.on("connectionstatechange", lambda: self._state_changed(pc))
         try:
             offer = loopback_candidates_only(sdp) if self.loopback else sdp
@@ -141,6 +147,27 @@ class RtcHub:
                 if msg is not None:
                     _send(channel, msg)
 
+    def _receive(self, s: Session, track: MediaStreamTrack) -> None:
+        """The client's webcam: read it into the session's live input."""
+        if track.kind != "video" or s.live_input is not None:
+            return
+        s.live_input = LiveSource(self.manager.input_capacity)
+        task = asyncio.ensure_future(self._read_webcam(s, track, s.live_input))
+        self._inputs.add(task)
+        task.add_done_callback(self._inputs.discard)
+
+    async def _read_webcam(self, s: Session, track: MediaStreamTrack, source: LiveSource) -> None:
+        try:
+            while not source.ended:
+                frame = await track.recv()
+                if isinstance(frame, VideoFrame):
+                    self.manager.push_frame(s, frame.to_ndarray(format="rgb24"))
+        except MediaStreamError:
+            source.end("the webcam track ended (the camera was closed or disconnected)")
+            log_event(log, "webcam_ended", session=s.id)
+        finally:
+            self.manager.engine.notify()
+
     async def _state_changed(self, pc: RTCPeerConnection) -> None:
         if pc.connectionState in ("failed", "closed"):
             await self.end(pc)
@@ -153,6 +180,8 @@ class RtcHub:
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.end(pc) for pc in list(self.peers)), return_exceptions=True)
+        for task in list(self._inputs):
+            task.cancel()
 
 
 def _send(channel: Any, message: dict[str, Any]) -> None:

@@ -8,12 +8,16 @@ The asyncio side (a transport) posts commands and reads the outbox; the engine t
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from framecast.server.capacity import Demand
 from framecast.server.outbox import Outbox
+from framecast.v2v import LiveSource
 
 _ids = itertools.count(1)  # session ids: unique and readable in logs; not state that anything depends on
 
@@ -28,6 +32,8 @@ class StreamParams:
     fps: float
     format: str = "jpeg"
     quality: int = 80
+    source: str = "none"  # video-to-video input: none, webcam (the session's live input) or file (its upload)
+    strength: float | None = None  # fixed strength; None: motion-aware
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,7 @@ class SessionStats:
     misses: int = 0
     latency_ms: float = 0.0  # chunk latency, exponential average: admitted -> decoded
     prompt_latency_ms: float | None = None  # last prompt change -> first frame with the new prompt
+    input: dict[str, Any] | None = None  # video to video: what the input feed counted (see `EngineLoop`)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -77,6 +84,9 @@ class Session:
         self.demand: Demand | None = None  # capacity reserved while streaming
         self.stats = SessionStats()
         self.opened = time.monotonic()
+        self.live_input: LiveSource | None = None  # webcam frames (WebRTC track or WebSocket JPEGs)
+        self.upload: Path | None = None  # the video file this session uploaded
+        self.upload_token = secrets.token_urlsafe(16)  # names the session to POST /upload
 
     @property
     def streaming(self) -> bool:

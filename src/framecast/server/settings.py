@@ -26,6 +26,9 @@ class ServerSettings:
     admission:       False turns capacity-based admission off (max_sessions still holds).
     max_batch_rows:  most sessions in one forward pass (earliest deadlines first).
     calibrate_passes: forward passes timed at startup to seed the cost model.
+    max_upload_mb:   largest video file a session may upload for video to video.
+    input_timeout_s: a live input (webcam) that sends no frame for this long counts as disconnected.
+    input_chunks:    chunks of live input frames buffered per session before the oldest frame is dropped.
     """
 
     host: str = "127.0.0.1"
@@ -42,6 +45,9 @@ class ServerSettings:
     stats_interval_s: float = 0.5
     shutdown_timeout_s: float = 5.0
     ws_max_bytes: int = 65536  # above this the WebSocket protocol itself closes the connection (1009)
+    max_upload_mb: float = 50.0
+    input_timeout_s: float = 5.0
+    input_chunks: int = 2
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -52,7 +58,9 @@ class ServerSettings:
             raise InputError(f"max_fps must be in (0, {ABSOLUTE_MAX_FPS:g}], got {self.max_fps}")
         if self.fps is not None and not 0 < self.fps <= self.max_fps:
             raise InputError(f"--fps must be in (0, {self.max_fps:g}], got {self.fps}")
-        for name in ("queue_chunks", "max_batch_rows"):
+        if not self.max_upload_mb > 0 or not self.input_timeout_s > 0:
+            raise InputError("max_upload_mb and input_timeout_s must be positive")
+        for name in ("queue_chunks", "max_batch_rows", "input_chunks"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.max_utilization <= 1.0 or self.lead_chunks < 0 or self.calibrate_passes < 0:

@@ -1,4 +1,5 @@
 """The WebSocket transport: JSON control messages in, JSON replies and binary frames (see `encode`) out.
+While a webcam stream runs, binary messages from the client are its webcam frames (JPEG).
 
 One task reads control messages; one task writes (replies, stats, frames paced to their play time), so
 sends never interleave. The session ends when either side closes, whatever state the socket is in.
@@ -50,7 +51,9 @@ async def _receive(ws: WebSocket, s: Session, manager: SessionManager) -> None:
             if msg["type"] == "websocket.disconnect":
                 return
             text, data = msg.get("text"), msg.get("bytes")
-            s.outbox.put_message(manager.handle(s, text if isinstance(text, str) else bytes(data or b"")))
+            reply = manager.handle(s, text) if isinstance(text, str) else manager.handle_binary(s, bytes(data or b""))
+            if reply is not None:
+                s.outbox.put_message(reply)
 
 
 async def _send(ws: WebSocket, s: Session, manager: SessionManager) -> None:

@@ -77,7 +77,7 @@ class FeedStats:
     strength: float = 0.0  # of the last chunk
     strength_sum: float = 0.0
     motion: float = 0.0  # of the last chunk
-    dropped: int = 0  # the source's dropped frames (live sources)
+    dropped: int = 0  # frames the source dropped since the feed started (live sources)
 
     @property
     def mean_latency_s(self) -> float:
@@ -109,6 +109,7 @@ class InputFeed:
         self._queued: deque[int] = deque()  # input chunk of every model chunk in flight, oldest first
         self._last: tuple[np.ndarray, int] | None = None  # the last output chunk and the input chunk it shows
         self._pad: ChunkInput | None = None  # the last input queued, repeated to drain a finite input
+        self._dropped0 = source.dropped  # drops before this feed are not its own
 
     # -- before a pass ------------------------------------------------------------------------------
     def prepare(self, state: StreamState, timeout: float = 0.0) -> Action:
@@ -136,7 +137,7 @@ class InputFeed:
         st = self.stats
         st.frames_in += frames
         st.chunks_in += 1
-        st.dropped = self.source.dropped
+        st.dropped = self.source.dropped - self._dropped0
         self._arrivals.append(arrived)
 
     def pending(self) -> int:

@@ -51,7 +51,7 @@ def fit_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if frame.shape[:2] == size:
         return frame
     top, left, h, w = _crop_box(frame.shape[0], frame.shape[1], size)
-    x = torch.from_numpy(np.ascontiguousarray(frame[top : top + h, left : left + w]))
+    x = torch.from_numpy(np.array(frame[top : top + h, left : left + w]))  # a writable copy
     x = x.permute(2, 0, 1)[None].float()  # (1, 3, h, w)
     x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return x[0].round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous().numpy()

@@ -126,6 +126,7 @@ class LiveSource:
         self.pushed = self.taken = self.dropped = 0
         self.ended = False
         self.error: str | None = None
+        self.last_push = time.monotonic()  # when the last frame came (creation time before the first)
 
     def push(self, frame: np.ndarray) -> bool:
         """Add a frame (uint8 (H, W, 3)); False if the oldest buffered frame was dropped for it or the
@@ -138,7 +139,8 @@ class LiveSource:
             if dropped:
                 self._buf.popleft()
                 self.dropped += 1
-            self._buf.append((rgb, time.monotonic()))
+            self.last_push = time.monotonic()
+            self._buf.append((rgb, self.last_push))
             self.pushed += 1
             self._cond.notify_all()
         return not dropped
@@ -149,6 +151,12 @@ class LiveSource:
             if not self.ended:
                 self.ended, self.error = True, error
             self._cond.notify_all()
+
+    def clear(self) -> None:
+        """Drop the buffered frames (counted as dropped), e.g. stale ones when a new stream starts on the source."""
+        with self._cond:
+            self.dropped += len(self._buf)
+            self._buf.clear()
 
     def buffered(self) -> int:
         return len(self._buf)

@@ -1,4 +1,6 @@
 // framecast page: one session per page, over WebRTC (video track + data channel) or WebSocket (JPEG frames).
+// Input (video to video): none, the webcam (a WebRTC track the page sends, or JPEG frames over the WebSocket)
+// or a video file (uploaded to /upload with the session's token, then streamed by the server).
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,6 +12,10 @@ class Page {
     this.transport = null;
     this.frames = 0;
     this.times = [];
+    this.token = null; // upload token of the session (from hello)
+    this.frameSize = [64, 64];
+    this.cameraStream = null;
+    $("source").onchange = () => { $("file").hidden = $("source").value !== "file"; };
     $("start").onclick = () => this.start();
     $("stop").onclick = () => this.stop();
     $("send-prompt").onclick = () => this.sendPrompt();
@@ -26,15 +32,47 @@ class Page {
   async start() {
     $("start").disabled = true;
     try {
-      if (!this.transport) this.transport = await this.connect($("transport").value);
+      const source = $("source").value;
+      if (source === "file" && !$("file").files[0]) throw new Error("choose a video file first");
+      const camera = source === "webcam" ? await this.camera() : null;
+      if (this.transport && !this.transport.fits(source)) { // a WebRTC connection without a webcam track
+        this.transport.close();
+        this.transport = null;
+      }
+      if (!this.transport) this.transport = await this.connect($("transport").value, camera);
+      if (source === "file") await this.upload();
       const msg = { type: "start", prompt: $("prompt").value, seed: Number($("seed").value || 0) };
       if ($("steps").value) msg.steps = Number($("steps").value);
       if ($("fps").value) msg.fps = Number($("fps").value);
+      if (source !== "none") msg.source = source;
+      if (source !== "none" && $("strength").value) msg.strength = Number($("strength").value);
       this.transport.send(msg);
+      this.transport.sendCamera(source === "webcam" ? camera : null);
     } catch (err) {
       this.status(String(err.message || err), true);
       $("start").disabled = false;
     }
+  }
+
+  async camera() {
+    if (this.cameraStream && this.cameraStream.getVideoTracks().some((t) => t.readyState === "live")) {
+      return this.cameraStream;
+    }
+    if (!navigator.mediaDevices) throw new Error("this browser gives no webcam access here (use https or localhost)");
+    this.cameraStream = await navigator.mediaDevices.getUserMedia({ video: { width: 320, height: 240 }, audio: false });
+    this.cameraStream.getVideoTracks()[0].onended = () => this.status("the webcam stopped", true);
+    $("input-preview").srcObject = this.cameraStream;
+    $("input-preview").hidden = false;
+    return this.cameraStream;
+  }
+
+  async upload() {
+    const file = $("file").files[0];
+    this.status(`uploading ${file.name}...`);
+    const res = await fetch(`/upload?token=${encodeURIComponent(this.token)}`, { method: "POST", body: file });
+    const body = await res.json();
+    if (!res.ok) throw new Error(body.message || `upload refused (${res.status})`);
+    this.status(`uploaded ${file.name} (${body.size.join("x")}, ${body.fps} fps)`);
   }
 
   stop() {
@@ -45,10 +83,23 @@ class Page {
     if (this.transport) this.transport.send({ type: "prompt", text: $("prompt").value });
   }
 
-  async connect(kind) {
+  // A transport whose session has said hello (its upload token and frame size are known).
+  async connect(kind, camera) {
+    const hello = new Promise((resolve, reject) => {
+      this.helloSeen = resolve;
+      this.helloLost = () => reject(new Error($("status").textContent)); // closed first: keep the server's words
+      setTimeout(() => reject(new Error("the server sent no hello")), 10000);
+    });
+    hello.catch(() => {}); // awaited below; no unhandled rejection if opening fails first
+    const transport = await this.open(kind, camera);
+    await hello;
+    return transport;
+  }
+
+  async open(kind, camera) {
     if (kind !== "ws" && window.RTCPeerConnection) {
       try {
-        return await RtcTransport.open(this);
+        return await RtcTransport.open(this, camera);
       } catch (err) {
         if (kind === "webrtc") throw err;
         console.warn("WebRTC failed, using the WebSocket", err);
@@ -58,12 +109,26 @@ class Page {
   }
 
   onMessage(msg) {
-    if (msg.type === "hello") this.status(`connected (${msg.session}, ${msg.frame_size.join("x")})`);
+    if (msg.type === "hello") this.onHello(msg);
     else if (msg.type === "started") this.onStarted(msg);
     else if (msg.type === "stopped") this.onStopped(msg);
     else if (msg.type === "prompt") this.status(`prompt: ${msg.text}`);
     else if (msg.type === "stats") this.onStats(msg);
     else if (msg.type === "error") this.onError(msg);
+    else if (msg.type === "input_ended") this.onInputEnded(msg);
+  }
+
+  onHello(msg) {
+    this.token = msg.upload_token;
+    this.frameSize = msg.frame_size;
+    if (this.helloSeen) this.helloSeen();
+    this.status(`connected (${msg.session}, ${msg.frame_size.join("x")})`);
+  }
+
+  onInputEnded(msg) {
+    if (this.transport) this.transport.sendCamera(null);
+    if (this.transport && msg.source === "webcam") this.transport.hasCamera = false; // reconnect to use it again
+    this.status(msg.message, true);
   }
 
   onStarted(msg) {
@@ -73,6 +138,7 @@ class Page {
   }
 
   onStopped(msg) {
+    if (this.transport) this.transport.sendCamera(null);
     this.status(`stopped (${msg.reason})`);
     $("start").disabled = false;
     $("stop").disabled = true;
@@ -89,6 +155,12 @@ class Page {
     $("prompt-latency-out").textContent = s.prompt_latency_ms ?? "-";
     $("dropped-out").textContent = s.dropped;
     $("misses-out").textContent = s.misses;
+    $("input-readout").hidden = !s.input;
+    if (s.input) {
+      $("input-frames-out").textContent = s.input.frames;
+      $("input-dropped-out").textContent = s.input.dropped;
+      $("strength-out").textContent = s.input.strength;
+    }
   }
 
   onFrame() {
@@ -105,6 +177,7 @@ class Page {
   }
 
   onClosed(reason) {
+    if (this.helloLost) this.helloLost();
     this.transport = null;
     this.onStopped({ reason });
   }
@@ -145,6 +218,11 @@ class WsTransport {
     $("canvas").hidden = false;
     ws.onmessage = (e) => (typeof e.data === "string" ? page.onMessage(JSON.parse(e.data)) : this.frame(e.data));
     ws.onclose = (e) => page.onClosed(e.reason || "connection closed");
+    this.timer = null;
+  }
+
+  fits() {
+    return true;
   }
 
   send(msg) {
@@ -152,7 +230,26 @@ class WsTransport {
   }
 
   close() {
+    this.sendCamera(null);
     this.ws.close();
+  }
+
+  // Webcam frames as JPEG binary messages, at the model's frame size and the stream's frame rate.
+  sendCamera(stream) {
+    clearInterval(this.timer);
+    this.timer = null;
+    if (!stream) return;
+    const video = $("input-preview");
+    const grab = document.createElement("canvas");
+    [grab.height, grab.width] = this.page.frameSize;
+    const fps = Number($("fps").value) || 16;
+    this.timer = setInterval(() => {
+      if (!stream.getVideoTracks().some((t) => t.readyState === "live")) return this.sendCamera(null); // camera gone
+      if (video.readyState < 2 || this.ws.readyState !== WebSocket.OPEN) return;
+      grab.getContext("2d").drawImage(video, 0, 0, grab.width, grab.height);
+      grab.toBlob((b) => b && b.arrayBuffer().then((buf) => this.ws.readyState === WebSocket.OPEN && this.ws.send(buf)),
+        "image/jpeg", 0.85);
+    }, 1000 / fps);
   }
 
   frame(buf) {
@@ -179,11 +276,13 @@ class WsTransport {
 }
 
 class RtcTransport {
-  static async open(page) {
+  static async open(page, camera) {
     const pc = new RTCPeerConnection({ iceServers: [] });
-    pc.addTransceiver("video", { direction: "recvonly" });
+    if (camera) pc.addTransceiver(camera.getVideoTracks()[0], { direction: "sendrecv", streams: [camera] });
+    else pc.addTransceiver("video", { direction: "recvonly" });
     const channel = pc.createDataChannel("control");
     const t = new RtcTransport(page, pc, channel);
+    t.hasCamera = Boolean(camera);
     await pc.setLocalDescription(await pc.createOffer());
     await RtcTransport.gathered(pc);
     const res = await fetch("/rtc/offer", {
@@ -229,6 +328,12 @@ class RtcTransport {
       if (video.requestVideoFrameCallback) video.requestVideoFrameCallback(tick);
     };
   }
+
+  fits(source) {
+    return source !== "webcam" || this.hasCamera;
+  }
+
+  sendCamera() {} // the webcam travels as the connection's own video track
 
   send(msg) {
     this.channel.send(JSON.stringify(msg));
