@@ -210,3 +210,13 @@ def test_captions_without_a_background_get_the_default_one() -> None:
         assert (bg.top, bg.bottom) == (default_background(colors).top,) * 2
     assert named and unnamed
     assert default_background(["red"]).top == "black" and default_background(["black", "red"]).top == "white"
+
+
+def test_dit_clips_start_with_objects_in_the_middle_of_their_bounds() -> None:
+    from framecast.train.data import centered
+    from framecast.world import object_state, sample_scene
+
+    scene = centered(sample_scene(11, "train", num_objects=2, height=64, width=64))
+    for o in scene.objects:
+        x0, y0, x1, y1 = o.bounds
+        assert object_state(o, 0) == ((x0 + x1) / 2, (y0 + y1) / 2)

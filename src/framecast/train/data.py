@@ -2,7 +2,8 @@
 
 Pixel layout: float tensors (B, 3, T, H, W) in [-1, 1], as the autoencoder takes them.
 
-Captions that leave the background out get the default background (`default_background`): black, or the
+DiT clips start with their objects at fixed places (`centered`), and captions that leave the background
+out get the default background (`default_background`): black, or the
 first palette color every object stands out on. A caption then fixes everything in a clip but the places
 of the objects, so the model can learn the text; a random background under a caption that never names it
 is most of a frame's variance, and a model trained on it draws an average background whatever the prompt.
@@ -69,7 +70,7 @@ def clip_sample(
     rng: np.random.Generator, window: int, tf: int, max_gap: int, height: int, width: int, switch_prob: float
 ) -> Sample:
     """A sink group at frame 0 and `window` consecutive groups starting `gap` groups later (gap >= 1)."""
-    scene = sample_scene(int(rng.integers(2**31)), "train", height=height, width=width)
+    scene = centered(sample_scene(int(rng.integers(2**31)), "train", height=height, width=width))
     gap = 1 if rng.random() < 0.4 else int(rng.integers(2, max_gap + 1))
     starts = [0] + [(gap + i) * tf for i in range(window)]
     scene, text = captioned(scene, rng)
@@ -81,6 +82,20 @@ def clip_sample(
         frames[at:] = [render(new, s - starts[at], tf) for s in starts[at:]]
         captions[at:] = [text] * (window + 1 - at)
     return Sample(np.concatenate(frames), starts, captions)
+
+
+def centered(scene: Scene) -> Scene:
+    """The scene with every object starting at the middle of its bounds (a lone object: the frame's centre).
+
+    A stream starts from nothing, and a first chunk whose objects may be anywhere is learnt as their
+    average: a background with no object. Fixed starting places make the first chunk a function of the
+    caption; motion then moves the objects, so later groups still show them everywhere.
+    """
+    objects = tuple(
+        dataclasses.replace(o, x=(o.bounds[0] + o.bounds[2]) / 2, y=(o.bounds[1] + o.bounds[3]) / 2)
+        for o in scene.objects
+    )
+    return dataclasses.replace(scene, objects=objects)
 
 
 def default_background(colors: list[str]) -> Background:
