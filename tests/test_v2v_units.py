@@ -258,6 +258,12 @@ def test_live_source_drops_oldest_and_counts() -> None:
     assert src.ended and src.error == "the webcam disconnected"
     assert not src.push(np.zeros((8, 8, 3), np.uint8))  # ignored after the end
     assert src.pushed == src.taken + src.dropped + src.buffered()
+    fresh = LiveSource(capacity=4)
+    for _ in range(3):
+        fresh.push(np.zeros((8, 8, 3), np.uint8))
+    before = fresh.last_push
+    fresh.clear()  # a new stream on the same source: stale frames go, counted
+    assert fresh.buffered() == 0 and fresh.dropped == 3 and fresh.last_push >= before
     with pytest.raises(InputError, match="capacity"):
         LiveSource(capacity=2).poll(4)
 

@@ -153,10 +153,12 @@ class LiveSource:
             self._cond.notify_all()
 
     def clear(self) -> None:
-        """Drop the buffered frames (counted as dropped), e.g. stale ones when a new stream starts on the source."""
+        """Drop the buffered frames (counted as dropped) and restart the silence clock (`last_push`): a new
+        stream starts on this source."""
         with self._cond:
             self.dropped += len(self._buf)
             self._buf.clear()
+            self.last_push = time.monotonic()
 
     def buffered(self) -> int:
         return len(self._buf)

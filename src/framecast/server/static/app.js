@@ -46,8 +46,9 @@ class Page {
       if ($("fps").value) msg.fps = Number($("fps").value);
       if (source !== "none") msg.source = source;
       if (source !== "none" && $("strength").value) msg.strength = Number($("strength").value);
+      this.transport.sendCamera(null); // frames of an earlier webcam stream stop before the start
       this.transport.send(msg);
-      this.transport.sendCamera(source === "webcam" ? camera : null);
+      if (source === "webcam") this.transport.sendCamera(camera);
     } catch (err) {
       this.status(String(err.message || err), true);
       $("start").disabled = false;
@@ -76,7 +77,9 @@ class Page {
   }
 
   stop() {
-    if (this.transport) this.transport.send({ type: "stop" });
+    if (!this.transport) return;
+    this.transport.sendCamera(null); // no webcam frame after the stop
+    this.transport.send({ type: "stop" });
   }
 
   sendPrompt() {
