@@ -1,6 +1,6 @@
 """A session's outbox: frames and messages handed from the engine thread to the session's asyncio tasks.
 
-`put_frame` and `put_message` never block and may be called from any thread. Frames are bounded: when a
+`put_frame(s)` and `put_message` never block and may be called from any thread. Frames are bounded: when a
 client is slow the oldest frame is dropped (and counted). Messages (acks, errors, stats) are never dropped
 below `MAX_MESSAGES`. One asyncio.Event wakes the waiters; each re-checks its own queue.
 """
@@ -46,14 +46,18 @@ class Outbox:
     # -- producer side (any thread) -------------------------------------------------------------
     def put_frame(self, frame: Frame) -> bool:
         """Queue a frame; False if the oldest frame had to be dropped to make room."""
+        return self.put_frames([frame]) == 0
+
+    def put_frames(self, frames: list[Frame]) -> int:
+        """Queue a chunk's frames with one wake-up of the event loop; how many old frames were dropped."""
         with self._lock:
-            dropped = len(self._frames) >= self.max_frames
-            if dropped:
+            self._frames.extend(frames)
+            dropped = max(len(self._frames) - self.max_frames, 0)
+            for _ in range(dropped):
                 self._frames.popleft()
-                self.dropped += 1
-            self._frames.append(frame)
+            self.dropped += dropped
         self._wake()
-        return not dropped
+        return dropped
 
     def put_message(self, message: dict[str, Any]) -> None:
         with self._lock:

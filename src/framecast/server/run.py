@@ -26,6 +26,7 @@ def uvicorn_config(app: FastAPI, settings: ServerSettings) -> uvicorn.Config:
         log_config=None,
         access_log=False,
         ws_max_size=settings.ws_max_bytes,
+        ws_per_message_deflate=False,  # frames are JPEG/PNG already: deflate would cost CPU on both ends for nothing
         timeout_graceful_shutdown=int(settings.shutdown_timeout_s),
         lifespan="on",
     )
