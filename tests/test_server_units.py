@@ -111,6 +111,18 @@ def test_outbox_drops_oldest_frames_and_keeps_messages() -> None:
     asyncio.run(run())
 
 
+def test_outbox_takes_a_chunk_at_once_and_drops_its_oldest_frames() -> None:
+    async def run() -> None:
+        box = Outbox(asyncio.get_running_loop(), max_frames=3)
+        img = np.zeros((2, 2, 3), np.uint8)
+        assert box.put_frames([Frame(img, i, 0.0, 0.0) for i in range(2)]) == 0
+        assert box.put_frames([Frame(img, i, 0.0, 0.0) for i in range(2, 6)]) == 3 and box.dropped == 3
+        assert [(await box.get_frame()).index for _ in range(3)] == [3, 4, 5]
+        assert box.frames_waiting() == 0
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize("fmt", ["raw", "png", "jpeg"])
 def test_frame_encoding_round_trip(fmt: str) -> None:
     img = np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)
@@ -118,3 +130,17 @@ def test_frame_encoding_round_trip(fmt: str) -> None:
     assert index == 7 and out.shape == img.shape
     if fmt != "jpeg":
         np.testing.assert_array_equal(out, img)
+
+
+def test_engine_threads_are_claimed_and_restored() -> None:
+    from framecast.server.engine_loop import EngineLoop
+    from framecast.server.metrics import Metrics
+    from framecast.server.settings import ServerSettings
+
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    loop = EngineLoop(None, ServerSettings(engine_threads=1), Metrics(), CostModel())  # type: ignore[arg-type]
+    loop.claim_threads()
+    assert torch.get_num_threads() == 1
+    loop.stop()
+    assert torch.get_num_threads() == before

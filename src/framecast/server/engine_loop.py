@@ -69,8 +69,19 @@ class EngineLoop:
         self._thread: threading.Thread | None = None
         self.passes = 0
         self.max_rows = 0  # most sessions seen in one pass
+        self._threads_before: int | None = None
 
     # -- control (any thread) -------------------------------------------------------------------
+    def claim_threads(self) -> None:
+        """Set torch's CPU threads for the server's lifetime (`settings.engine_threads`); `stop` restores them.
+
+        On a small CPU machine torch's default (a thread per core) fights the event loop for the last core:
+        a pass stalls whenever one of its threads is descheduled for a JPEG encode or a send.
+        """
+        self._threads_before = torch.get_num_threads()
+        torch.set_num_threads(self.settings.engine_threads or max(1, self._threads_before - 1))
+        log_event(log, "engine_threads", threads=torch.get_num_threads())
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="framecast-engine", daemon=True)
         self._thread.start()
@@ -82,6 +93,9 @@ class EngineLoop:
             self._thread.join(timeout)
         self._live.clear()
         self._sessions.clear()
+        if self._threads_before is not None:
+            torch.set_num_threads(self._threads_before)
+            self._threads_before = None
 
     def attach(self, session: Session) -> None:
         self._inbox.append(session)
@@ -297,9 +311,10 @@ class EngineLoop:
         start, missed = lv.clock.emit(now)
         self._count_chunk(lv, now, missed, model)
         dt = 1.0 / lv.clock.fps
-        for i, img in enumerate(frames):
-            if not s.outbox.put_frame(Frame(img, lv.frames_out + i, start + i * dt, now)):
-                self.metrics.frames_dropped.inc()
+        chunk = [Frame(img, lv.frames_out + i, start + i * dt, now) for i, img in enumerate(frames)]
+        dropped = s.outbox.put_frames(chunk)
+        if dropped:
+            self.metrics.frames_dropped.inc(dropped)
         lv.frames_out += len(frames)
         s.stats.frames = lv.frames_out
         self.metrics.frames_emitted.inc(len(frames))

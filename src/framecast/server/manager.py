@@ -55,6 +55,7 @@ class SessionManager:
     # -- lifecycle --------------------------------------------------------------------------------
     def startup(self) -> None:
         """Calibrate the cost model and start the engine thread (blocking: run it off the event loop)."""
+        self.engine.claim_threads()
         self.engine.calibrate()
         self.engine.start()
 

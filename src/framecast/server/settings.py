@@ -29,6 +29,8 @@ class ServerSettings:
     max_upload_mb:   largest video file a session may upload for video to video.
     input_timeout_s: a live input (webcam) that sends no frame for this long counts as disconnected.
     input_chunks:    chunks of live input frames buffered per session before the oldest frame is dropped.
+    engine_threads:  torch CPU threads while the server runs (process-wide); 0: one fewer than torch's
+                     default (at least 1), so the engine's threads leave a core to the event loop.
     """
 
     host: str = "127.0.0.1"
@@ -48,6 +50,7 @@ class ServerSettings:
     max_upload_mb: float = 50.0
     input_timeout_s: float = 5.0
     input_chunks: int = 2
+    engine_threads: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -65,6 +68,8 @@ class ServerSettings:
                 raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 < self.max_utilization <= 1.0 or self.lead_chunks < 0 or self.calibrate_passes < 0:
             raise InputError("max_utilization must be in (0, 1], lead_chunks and calibrate_passes >= 0")
+        if self.engine_threads < 0:
+            raise InputError(f"engine_threads must be at least 0, got {self.engine_threads}")
         if self.ws_max_bytes < MAX_CONTROL_BYTES:
             raise InputError(f"ws_max_bytes must be at least {MAX_CONTROL_BYTES}")
 
