@@ -121,6 +121,8 @@ def _range(text: str) -> tuple[float, float]:
 def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--out", type=Path, required=True, help="run folder; the model lands in OUT/model")
     t.add_argument("--ae-steps", type=int, default=2500, help="autoencoder steps (default: 2500)")
+    t.add_argument("--decoder-steps", type=int, default=0,
+                   help="decoder-only fine-tune after the autoencoder, encoder frozen (default: 0, none)")
     t.add_argument("--dit-steps", type=int, default=10000, help="DiT steps (default: 10000)")
     t.add_argument("--samples", type=int, default=8000, help="clips in the latent dataset (default: 8000)")
     t.add_argument("--batch", type=int, default=16, help="DiT batch size (default: 16)")
@@ -228,7 +230,9 @@ def _train(a: argparse.Namespace) -> None:
     except OSError as err:
         raise InputError(f"cannot create the run folder {a.out}: {err.strerror}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    cfg = run_config(a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads)
+    if a.decoder_steps < 0:
+        raise InputError(f"--decoder-steps must be 0 or more, got {a.decoder_steps}")
+    cfg = run_config(a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads, a.decoder_steps)
     folder = train_all(a.out, cfg, resume_run=not a.fresh, stop_after=a.stop_after)
     print(f"framecast: {a.stop_after} stage done in {folder}", file=sys.stderr)
 

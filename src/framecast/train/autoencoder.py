@@ -10,7 +10,7 @@ the DiT sees unit-variance latents.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ class AETrainConfig:
     latent_noise: float = 0.1  # std of noise added to latents, relative to their std
     latent_penalty: float = 1e-4
     object_weight: float = 8.0  # extra loss weight of pixels that differ from their row's background
+    decoder_lr: float = 3e-4  # the decoder-only stage (`finetune_decoder`)
 
 
 def object_mask(x: Tensor, threshold: float = 0.15) -> Tensor:
@@ -128,3 +129,30 @@ def train_autoencoder(out: Path, cfg: AETrainConfig, resume_run: bool = True) ->
     save_autoencoder(ae, out / "autoencoder")
     log.info("autoencoder: %s", evaluate(ae, cfg))
     return ae
+
+
+def finetune_decoder(
+    ae: TinyAutoencoder, out: Path, cfg: AETrainConfig, steps: int, resume_run: bool = True
+) -> TinyAutoencoder:
+    """Train the decoder alone for `steps` steps (checkpoints in `out/checkpoint`, result in `out/autoencoder`).
+
+    The encoder and the latent statistics stay as they are, so latents encoded before (and a DiT trained on
+    them) stay valid: this stage can sharpen the decoding of shapes after the DiT's data exists.
+    """
+    ae.encoder.requires_grad_(False)
+    loop = replace(cfg.loop, steps=steps, lr=cfg.decoder_lr, warmup=min(cfg.loop.warmup, steps))
+    ts = new_state(ae, loop)  # AdamW skips the frozen encoder: its parameters never get a gradient
+    if resume_run:
+        resume(ts, out / "checkpoint")
+    tf = cfg.model.temporal_factor
+
+    def loss_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
+        assert isinstance(model, TinyAutoencoder)
+        return reconstruction_loss(model, frame_groups(rng, cfg.batch, tf, cfg.height, cfg.width), cfg)
+
+    train(ts, loop, loss_fn, out / "checkpoint", lambda s: evaluate(s.ema, cfg), desc="decoder")
+    tuned = ts.ema
+    assert isinstance(tuned, TinyAutoencoder)
+    save_autoencoder(tuned, out / "autoencoder")
+    log.info("decoder fine-tune: %s", evaluate(tuned, cfg))
+    return tuned

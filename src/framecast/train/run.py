@@ -21,7 +21,7 @@ from framecast.models.autoencoder import TinyAutoencoder, load_autoencoder
 from framecast.models.dit import CausalWanDiT
 from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_encoder
 from framecast.pipeline import Pipeline, PipelineConfig
-from framecast.train.autoencoder import AETrainConfig, train_autoencoder
+from framecast.train.autoencoder import AETrainConfig, finetune_decoder, train_autoencoder
 from framecast.train.checkpoint import TrainState
 from framecast.train.dit import DiTTrainConfig, flow_loss, new_model, take
 from framecast.train.latents import LatentDataConfig, build_latents, load_latents
@@ -39,6 +39,7 @@ class RunConfig:
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     fps: float = 24.0
     threads: int = 0  # torch threads; 0 keeps torch's default
+    decoder_steps: int = 0  # decoder-only fine-tune after the autoencoder (encoder frozen); 0: none
 
 
 def pipeline_config(cfg: RunConfig) -> PipelineConfig:
@@ -49,8 +50,16 @@ def stage_autoencoder(out: Path, cfg: RunConfig, resume_run: bool) -> TinyAutoen
     done = out / "autoencoder" / "autoencoder"
     if resume_run and (done / "model.safetensors").is_file():
         log.info("autoencoder already trained: %s", done)
-        return load_autoencoder(done)
-    return train_autoencoder(out / "autoencoder", cfg.autoencoder, resume_run)
+        ae = load_autoencoder(done)
+    else:
+        ae = train_autoencoder(out / "autoencoder", cfg.autoencoder, resume_run)
+    if not cfg.decoder_steps:
+        return ae
+    tuned = out / "decoder" / "autoencoder"
+    if resume_run and (tuned / "model.safetensors").is_file():
+        log.info("decoder already fine-tuned: %s", tuned)
+        return load_autoencoder(tuned)
+    return finetune_decoder(ae, out / "decoder", cfg.autoencoder, cfg.decoder_steps, resume_run)
 
 
 def stage_dit(
@@ -95,9 +104,11 @@ def write_samples(
     return {"sample_color": float(np.mean(hits))}
 
 
-def run_config(ae_steps: int, dit_steps: int, samples: int, batch: int, seed: int, threads: int) -> RunConfig:
+def run_config(
+    ae_steps: int, dit_steps: int, samples: int, batch: int, seed: int, threads: int, decoder_steps: int = 0
+) -> RunConfig:
     """The recipe of the built-in model with the command line's sizes."""
-    base = RunConfig()
+    base = replace(RunConfig(), decoder_steps=decoder_steps)
     ae = replace(base.autoencoder, loop=replace(base.autoencoder.loop, steps=ae_steps, seed=seed))
     dit = replace(base.dit, batch=batch, loop=replace(base.dit.loop, steps=dit_steps, seed=seed))
     return replace(base, autoencoder=ae, dit=dit, latents=replace(base.latents, samples=samples), threads=threads)
