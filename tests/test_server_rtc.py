@@ -15,9 +15,11 @@ from tests.test_server_support import running, tiny_pipeline, wait_until
 aiortc = pytest.importorskip("aiortc")
 
 
-async def _session(url: str) -> dict[str, Any]:
-    pc = aiortc.RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
-    pc.addTransceiver("video", direction="recvonly")
+async def rtc_connect(pc: Any, url: str) -> tuple[Any, asyncio.Queue[dict[str, Any]], asyncio.Queue[Any], str]:
+    """Open the control channel of `pc` (transceivers already added) against the server at `url`.
+
+    Returns the channel, its queue of decoded messages, the queue of remote tracks and the answer's SDP.
+    """
     channel = pc.createDataChannel("control")
     inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
     tracks: asyncio.Queue[Any] = asyncio.Queue()
@@ -29,10 +31,17 @@ async def _session(url: str) -> dict[str, Any]:
     async with httpx.AsyncClient() as http:
         r = await http.post(url + "/rtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}, timeout=20)
     assert r.status_code == 200, r.text
-    answer = r.json()
-    assert all(" 127.0.0.1 " in line for line in answer["sdp"].splitlines() if line.startswith("a=candidate:"))
-    await pc.setRemoteDescription(aiortc.RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+    sdp: str = r.json()["sdp"]
+    await pc.setRemoteDescription(aiortc.RTCSessionDescription(sdp=sdp, type="answer"))
     await asyncio.wait_for(opened, 20)
+    return channel, inbox, tracks, sdp
+
+
+async def _session(url: str) -> dict[str, Any]:
+    pc = aiortc.RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="recvonly")
+    channel, inbox, tracks, sdp = await rtc_connect(pc, url)
+    assert all(" 127.0.0.1 " in line for line in sdp.splitlines() if line.startswith("a=candidate:"))
     track = await asyncio.wait_for(tracks.get(), 20)
     result = {"hello": await _next(inbox, "hello")}
     channel.send(json.dumps({"type": "start", "prompt": "a red circle", "seed": 1, "steps": 1, "fps": 30}))

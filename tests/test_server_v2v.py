@@ -19,6 +19,7 @@ from PIL import Image
 from framecast.io.video import VideoWriter
 from framecast.pipeline import Pipeline
 from framecast.world import render, sample_scene
+from tests.test_server_rtc import rtc_connect
 from tests.test_server_support import Client, running, tiny_pipeline, wait_until
 
 aiortc = pytest.importorskip("aiortc")
@@ -161,19 +162,7 @@ class WorldTrack(VideoStreamTrack):
 async def _webcam_session(url: str, other: list[int]) -> dict[str, Any]:
     pc = aiortc.RTCPeerConnection(aiortc.RTCConfiguration(iceServers=[]))
     transceiver = pc.addTransceiver(WorldTrack(), direction="sendrecv")
-    channel = pc.createDataChannel("control")
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    tracks: asyncio.Queue[Any] = asyncio.Queue()
-    channel.on("message", lambda m: inbox.put_nowait(json.loads(m)))
-    pc.on("track", tracks.put_nowait)
-    opened = asyncio.get_running_loop().create_future()
-    channel.on("open", lambda: opened.set_result(True))
-    await pc.setLocalDescription(await pc.createOffer())
-    async with httpx.AsyncClient() as http:
-        r = await http.post(url + "/rtc/offer", json={"sdp": pc.localDescription.sdp, "type": "offer"}, timeout=20)
-    assert r.status_code == 200, r.text
-    await pc.setRemoteDescription(aiortc.RTCSessionDescription(sdp=r.json()["sdp"], type="answer"))
-    await asyncio.wait_for(opened, 20)
+    channel, inbox, tracks, _ = await rtc_connect(pc, url)
     track = await asyncio.wait_for(tracks.get(), 20)
     out: dict[str, Any] = {"hello": await _next(inbox, "hello")}
     channel.send(json.dumps({"type": "start", "prompt": "a blue square", "seed": 1, "steps": 1, "fps": 30,

@@ -10,6 +10,7 @@ the DiT sees unit-variance latents.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -110,19 +111,24 @@ def latent_stats(ae: TinyAutoencoder, cfg: AETrainConfig, batches: int = 16) -> 
     return z.mean(1), z.std(1)
 
 
+def _loss_fn(cfg: AETrainConfig) -> Callable[[nn.Module, np.random.Generator, int], tuple[Tensor, dict[str, float]]]:
+    """The training loop's loss: a fresh batch of frame groups from the step's generator, reconstructed."""
+
+    def loss_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
+        assert isinstance(model, TinyAutoencoder)
+        batch = frame_groups(rng, cfg.batch, cfg.model.temporal_factor, cfg.height, cfg.width)
+        return reconstruction_loss(model, batch, cfg)
+
+    return loss_fn
+
+
 def train_autoencoder(out: Path, cfg: AETrainConfig, resume_run: bool = True) -> TinyAutoencoder:
     """Train, checkpointing to `out/checkpoint`; the EMA model with latent statistics goes to `out/autoencoder`."""
     torch.manual_seed(cfg.loop.seed)
     ts = new_state(TinyAutoencoder(cfg.model), cfg.loop)
     if resume_run:
         resume(ts, out / "checkpoint")
-    tf = cfg.model.temporal_factor
-
-    def loss_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
-        assert isinstance(model, TinyAutoencoder)
-        return reconstruction_loss(model, frame_groups(rng, cfg.batch, tf, cfg.height, cfg.width), cfg)
-
-    train(ts, cfg.loop, loss_fn, out / "checkpoint", lambda s: evaluate(s.ema, cfg), desc="autoencoder")
+    train(ts, cfg.loop, _loss_fn(cfg), out / "checkpoint", lambda s: evaluate(s.ema, cfg), desc="autoencoder")
     ae = ts.ema
     assert isinstance(ae, TinyAutoencoder)
     ae.set_latent_stats(*latent_stats(ae, cfg))
@@ -144,13 +150,7 @@ def finetune_decoder(
     ts = new_state(ae, loop)  # AdamW skips the frozen encoder: its parameters never get a gradient
     if resume_run:
         resume(ts, out / "checkpoint")
-    tf = cfg.model.temporal_factor
-
-    def loss_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
-        assert isinstance(model, TinyAutoencoder)
-        return reconstruction_loss(model, frame_groups(rng, cfg.batch, tf, cfg.height, cfg.width), cfg)
-
-    train(ts, loop, loss_fn, out / "checkpoint", lambda s: evaluate(s.ema, cfg), desc="decoder")
+    train(ts, loop, _loss_fn(cfg), out / "checkpoint", lambda s: evaluate(s.ema, cfg), desc="decoder")
     tuned = ts.ema
     assert isinstance(tuned, TinyAutoencoder)
     save_autoencoder(tuned, out / "autoencoder")
