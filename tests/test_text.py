@@ -73,6 +73,21 @@ def test_minilm_shapes_and_norm(minilm: MiniLMEncoder) -> None:
     assert minilm.encode([]).shape == (0, 1, 384)
 
 
+def test_minilm_tokens_follow_the_sentence_token() -> None:
+    enc = MiniLMEncoder(tokens=8)
+    long = "a crimson disc drifting to the left over a navy backdrop and a yellow star staying still"
+    emb = enc.encode([PROMPTS[0], "red", long])
+    assert emb.shape == (3, 9, 384) and enc.seq_len == 9
+    torch.testing.assert_close(emb[:, 0], MiniLMEncoder().encode([PROMPTS[0], "red", long])[:, 0])  # sentence first
+    norms = emb[:, 1:].norm(dim=-1)  # (3, 8): unit tokens, zeros past a prompt's end
+    torch.testing.assert_close(norms[1, :3], torch.ones(3))  # [CLS] red [SEP]
+    assert torch.all(norms[1, 3:] == 0) and torch.allclose(norms[2], torch.ones(8))  # long: truncated to 8
+    swapped = enc.encode(["a blue square on a white background", "a white square on a blue background"])
+    assert not torch.allclose(swapped[0, 1:], swapped[1, 1:], atol=0.1)  # word order reaches the tokens
+    with pytest.raises(InputError, match="tokens must be"):
+        MiniLMEncoder(tokens=-1)
+
+
 def test_minilm_paraphrases_are_closer(minilm: MiniLMEncoder) -> None:
     emb = minilm.encode(PROMPTS)[:, 0]  # (3, 384)
     sim = emb @ emb.T
@@ -165,7 +180,8 @@ def test_load_text_encoder(bert_folder: Path, tmp_path: Path) -> None:
     enc = load_text_encoder(str(bert_folder))
     assert isinstance(enc, HFTextEncoder) and enc.seq_len == 64  # capped by the position table
     assert isinstance(load_text_encoder("minilm"), MiniLMEncoder)
-    with pytest.raises(ModelLoadError, match="expected 'minilm' or a path"):
+    assert load_text_encoder("minilm-tokens").seq_len == 33
+    with pytest.raises(ModelLoadError, match="expected 'minilm', 'minilm-tokens' or a path"):
         load_text_encoder("t5-xxl")
-    with pytest.raises(ModelLoadError, match="expected 'minilm' or a path"):
+    with pytest.raises(ModelLoadError, match="expected 'minilm', 'minilm-tokens' or a path"):
         load_text_encoder(str(tmp_path / "nope"))

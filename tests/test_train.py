@@ -14,8 +14,16 @@ from framecast.sampling.flow import sigmas
 from framecast.train.autoencoder import AETrainConfig, reconstruction_loss, train_autoencoder
 from framecast.train.checkpoint import lr_at
 from framecast.train.data import clip_sample, frame_groups
-from framecast.train.dit import DiTTrainConfig, attention_mask, flow_loss, new_model, stream_levels, warmup_levels
-from framecast.train.latents import LatentDataConfig, build_latents, load_latents
+from framecast.train.dit import (
+    DiTTrainConfig,
+    attention_mask,
+    flow_loss,
+    new_model,
+    stream_levels,
+    take,
+    warmup_levels,
+)
+from framecast.train.latents import LatentDataConfig, build_latents, load_latents, object_cells
 from framecast.train.loop import LoopConfig, new_state, resume, step_rng, train
 from tests.conftest import RandomTextEncoder, tiny_config
 
@@ -54,7 +62,7 @@ def _latents(tmp: Path) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
     ae = TinyAutoencoder(AutoencoderConfig(latent_channels=4, spatial_factor=4, temporal_factor=2, width=8))
     cfg = LatentDataConfig(samples=8, shard=4, window=4, max_gap=5, height=32, width=32)
-    return load_latents(build_latents(tmp, cfg, ae, RandomTextEncoder(dim=12)))
+    return load_latents(build_latents(tmp, cfg, ae, RandomTextEncoder(dim=12, seq_len=3)))
 
 
 def test_latent_dataset_layout_and_resume(tmp_path: Path) -> None:
@@ -62,7 +70,14 @@ def test_latent_dataset_layout_and_resume(tmp_path: Path) -> None:
     assert data["latents"].shape == (8, 5, 4, 8, 8)  # (N, G, C, h, w): sink + 4 window groups
     assert data["positions"].shape == (8, 5) and (data["positions"][:, 0] == 0).all()
     assert (data["positions"][:, 2:] - data["positions"][:, 1:-1] == 1).all()  # the window is contiguous
-    assert data["text"].shape == (8, 5, 1, 12)
+    assert data["objects"].shape == (8, 5, 8, 8) and 0 < data["objects"].mean() < 0.5
+    U = data["captions"].shape[0]  # one row per distinct caption of each shard
+    assert data["captions"].shape == (U, 3, 12) and U <= 8 * 5
+    assert data["caption_index"].shape == (8, 5) and int(data["caption_index"].max()) == U - 1
+    assert (data["caption_index"][4:].min() >= data["caption_index"][:4].max())  # the second shard's rows follow
+    batch = take(data, np.random.default_rng(0), 3)
+    assert batch["objects"].shape == (3, 5, 8, 8) and batch["text_index"].shape == (3, 5)
+    assert batch["text"].shape == (int(batch["text_index"].max()) + 1, 3, 12)
     stamp = (tmp_path / "shard_00000.safetensors").stat().st_mtime_ns
     again = _latents(tmp_path)  # existing shards are kept
     assert (tmp_path / "shard_00000.safetensors").stat().st_mtime_ns == stamp
@@ -70,7 +85,7 @@ def test_latent_dataset_layout_and_resume(tmp_path: Path) -> None:
 
 
 def test_dit_steps_lower_the_loss(tmp_path: Path) -> None:
-    data = _latents(tmp_path)
+    data = take(_latents(tmp_path), np.random.default_rng(0), 8)
     model = new_model(DIT_CFG, 0)
     fixed = lambda: flow_loss(model, data, step_rng(5, 5), DIT_CFG)[0]  # noqa: E731 - same levels every call
     torch.manual_seed(1)
@@ -126,6 +141,30 @@ def test_decoder_finetune_keeps_the_encoder_and_lowers_the_loss(tmp_path: Path) 
     torch.testing.assert_close(loaded.encode(x), z)  # same encoder and latent statistics: latents stay valid
     torch.testing.assert_close(tuned.encode(x), z)
     assert reconstruction_loss(loaded, x, replace(AE_CFG, latent_noise=0.0))[0].item() < before
+
+
+def test_object_cells_cover_objects_only() -> None:
+    pixels = -torch.ones(1, 3, 4, 32, 32)  # (S, 3, G * tf, H, W): black, two groups of two frames
+    pixels[:, 0, :2, 0:8, 0:8] = 1.0  # a red square on the first group's cell (0, 0) at sf = 8...
+    pixels[:, 0, 2:, 16:24, 16:24] = 1.0  # ...and on the second group's cell (2, 2)
+    cells = object_cells(pixels, 2, 8)  # (1, 2, 4, 4)
+    assert cells.shape == (1, 2, 4, 4)
+    assert cells[0, 0, 0, 0] == 1 and cells[0, 1, 2, 2] == 1
+    assert 0 < cells[0, 0, 1, 1] < 0.2  # the pixel grown around an object
+    assert cells[0, 0, 3, 3] == 0 and cells[0, 1, 0, 0] == 0 and cells[0, 0, 2, 2] == 0
+
+
+def test_object_weight_weighs_object_cells(tmp_path: Path) -> None:
+    data = take(_latents(tmp_path), np.random.default_rng(0), 4)
+    model = new_model(DIT_CFG, 0)
+    torch.nn.init.normal_(model.head.head.weight, std=0.1)  # not the zero start: errors differ per cell
+    def loss(cfg: DiTTrainConfig, objects: torch.Tensor) -> float:
+        torch.manual_seed(1)
+        return flow_loss(model, {**data, "objects": objects}, step_rng(5, 5), cfg)[0].item()
+
+    plain = loss(replace(DIT_CFG, object_weight=0.0), data["objects"])
+    assert loss(DIT_CFG, torch.zeros_like(data["objects"])) == pytest.approx(plain)  # no objects: a plain mean
+    assert loss(DIT_CFG, data["objects"]) != pytest.approx(plain)
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -32,9 +32,9 @@ from framecast.models.rope import apply_rope, rope_angles
 class CrossKV:
     """Cross-attention keys/values of the text condition of every frame: (L, B, F, T, heads, head_dim).
 
-    `mod`: with `text_modulation`, the pooled text added to every frame's timestep embedding, (B, F, D)
-    (float32); None otherwise. `CausalWanDiT.cross_kv` gives (L, B, T, heads, head_dim) and a mod of
-    (B, D) for a prompt; `per_frame` expands them.
+    `mod`: with `text_modulation`, the first text token (the sentence) mapped and added to every frame's
+    timestep embedding, (B, F, D) (float32); None otherwise. `CausalWanDiT.cross_kv` gives
+    (L, B, T, heads, head_dim) and a mod of (B, D) for a prompt; `per_frame` expands them.
     """
 
     k: Tensor
@@ -193,9 +193,10 @@ class CausalWanDiT(nn.Module):
         )
         self.time_embedding = nn.Sequential(nn.Linear(c.freq_dim, c.dim), nn.SiLU(), nn.Linear(c.dim, c.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(c.dim, c.dim * 6))
-        # Global text conditioning through the modulation (as class labels in DiT): with one pooled
-        # sentence embedding, cross-attention alone reduces to a constant bias per prompt. The norm
-        # brings unit-length sentence embeddings (components ~ 1 / sqrt(text_dim)) to unit scale.
+        # Global text conditioning through the modulation (as class labels in DiT) from the first text
+        # token (MiniLM's sentence embedding): with one pooled token, cross-attention alone reduces to a
+        # constant bias per prompt. The norm brings unit-length embeddings (components ~ 1 / sqrt(text_dim))
+        # to unit scale.
         self.text_modulation = (
             nn.Sequential(
                 nn.LayerNorm(c.text_dim, elementwise_affine=False),
@@ -215,7 +216,7 @@ class CausalWanDiT(nn.Module):
         kv = [blk.cross_attn.kv(context) for blk in self.blocks]  # type: ignore[union-attr,operator]
         mod = None
         if self.text_modulation is not None:
-            mod = self.text_modulation(text.to(context.dtype).mean(1)).float()  # (B, D)
+            mod = self.text_modulation(text[:, 0].to(context.dtype)).float()  # (B, D), from the first token
         return CrossKV(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]), mod)
 
     def forward(

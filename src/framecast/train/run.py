@@ -40,10 +40,11 @@ class RunConfig:
     fps: float = 24.0
     threads: int = 0  # torch threads; 0 keeps torch's default
     decoder_steps: int = 0  # decoder-only fine-tune after the autoencoder (encoder frozen); 0: none
+    text_encoder: str = "minilm-tokens"  # sentence token + token states (see models/text.py)
 
 
 def pipeline_config(cfg: RunConfig) -> PipelineConfig:
-    return PipelineConfig(fps=cfg.fps, text_encoder="minilm", stream={"shift": cfg.dit.shift})
+    return PipelineConfig(fps=cfg.fps, text_encoder=cfg.text_encoder, stream={"shift": cfg.dit.shift})
 
 
 def stage_autoencoder(out: Path, cfg: RunConfig, resume_run: bool) -> TinyAutoencoder:
@@ -122,7 +123,7 @@ def train_all(out: Path, cfg: RunConfig, resume_run: bool = True, stop_after: st
     ae = stage_autoencoder(out, cfg, resume_run)
     if stop_after == "autoencoder":
         return out / "autoencoder"
-    text = CachedTextEncoder(load_text_encoder("minilm"))
+    text = CachedTextEncoder(load_text_encoder(cfg.text_encoder))
     paths = build_latents(out / "latents", cfg.latents, ae, text)
     if stop_after == "latents":
         return out / "latents"
