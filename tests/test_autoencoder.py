@@ -18,6 +18,7 @@ from framecast.models.autoencoder import (
     TinyAutoencoder,
     load_autoencoder,
     save_autoencoder,
+    with_decoder_context,
 )
 
 CFG = AutoencoderConfig(latent_channels=4, spatial_factor=4, temporal_factor=4, width=8)
@@ -141,16 +142,52 @@ def test_stream_encoder_reset_and_mismatch(ae: TinyAutoencoder) -> None:
         stream.push(clip(t=2, h=10))
 
 
-def test_stream_decoder_matches_offline(ae: TinyAutoencoder) -> None:
+def _context_ae() -> TinyAutoencoder:
+    torch.manual_seed(0)
+    return TinyAutoencoder(AutoencoderConfig(**{**CFG.to_dict(), "decoder_context": 1})).eval()
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_stream_decoder_matches_offline(ae: TinyAutoencoder, context: int) -> None:
+    model = _context_ae() if context else ae
     torch.manual_seed(2)
     z = torch.randn(2, 4, 5, 4, 4)
     with torch.no_grad():
-        offline = ae.decode(z)
-    dec = StreamDecoder(ae)
+        offline = model.decode(z)
+    dec = StreamDecoder(model)
     parts = [dec.decode(z[:, :, i:j]) for i, j in ((0, 1), (1, 3), (3, 5))]
     assert dec.flush() is None
-    dec.reset()
     torch.testing.assert_close(torch.cat(parts, dim=2), offline, rtol=0, atol=1e-6)
+    dec.reset()  # a new stream: the first frame is its own past again
+    torch.testing.assert_close(dec.decode(z[:, :, 3:5]), model.decode(z[:, :, 3:5]), rtol=0, atol=1e-6)
+
+
+def test_decoder_context_uses_the_past_and_checks_it() -> None:
+    model = _context_ae()
+    torch.manual_seed(2)
+    z = torch.randn(2, 4, 3, 4, 4)
+    with torch.no_grad():
+        alone, after = model.decode(z[:, :, 1:]), model.decode(z[:, :, 1:], z[:, :, 0])
+        torch.testing.assert_close(after, model.decode(z)[:, :, 4:], rtol=0, atol=1e-6)
+    assert (alone - after).abs().max() > 1e-3  # the past changes the picture
+    with pytest.raises(InputError, match="past must be the latent frame before the chunk"):
+        model.decode(z, z[:1, :, 0])
+    with pytest.raises(InputError, match="decoder_context must be 0 or 1"):
+        AutoencoderConfig(decoder_context=2)
+
+
+def test_with_decoder_context_starts_as_the_original(ae: TinyAutoencoder, tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    z = torch.randn(2, 4, 3, 4, 4)
+    ae.set_latent_stats(torch.rand(4), torch.rand(4) + 0.5)
+    wide = with_decoder_context(ae)
+    assert wide.config.decoder_context == 1 and with_decoder_context(wide) is wide
+    with torch.no_grad():
+        torch.testing.assert_close(wide.decode(z, torch.randn(2, 4, 4, 4)), ae.decode(z), rtol=0, atol=1e-6)
+    x = clip()
+    torch.testing.assert_close(wide.encode(x), ae.encode(x))
+    save_autoencoder(wide, tmp_path / "wide")
+    assert load_autoencoder(tmp_path / "wide").config.decoder_context == 1
 
 
 def test_save_load_roundtrip(ae: TinyAutoencoder, tmp_path: Path) -> None:

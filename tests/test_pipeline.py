@@ -21,7 +21,7 @@ from tests.conftest import RandomTextEncoder, tiny_config
 def _pipe(seed: int = 0) -> Pipeline:
     torch.manual_seed(seed)
     cfg = tiny_config(latent_height=4, latent_width=4, chunk_frames=1)
-    ae = TinyAutoencoder(AutoencoderConfig(latent_channels=cfg.in_channels, width=8))
+    ae = TinyAutoencoder(AutoencoderConfig(latent_channels=cfg.in_channels, width=8, decoder_context=1))
     return Pipeline(CausalWanDiT(cfg), ae, RandomTextEncoder(cfg.text_dim))
 
 

@@ -32,7 +32,7 @@ def tiny_pipeline(seed: int = 0) -> Pipeline:
     """32x32 frames, 4 frames a chunk, a random DiT, decoder and text encoder: fast on any CPU."""
     dit = tiny_model(seed, latent_height=4, latent_width=4, chunk_frames=1)
     torch.manual_seed(seed)
-    ae = TinyAutoencoder(AutoencoderConfig(latent_channels=dit.config.in_channels, width=8))
+    ae = TinyAutoencoder(AutoencoderConfig(latent_channels=dit.config.in_channels, width=8, decoder_context=1))
     g = torch.Generator().manual_seed(seed + 7)
     with torch.no_grad():  # a default-init decoder maps every latent to nearly the same grey: add contrast
         for p in ae.decoder.parameters():

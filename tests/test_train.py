@@ -129,15 +129,19 @@ def test_train_autoencoder_writes_a_loadable_folder_with_latent_stats(tmp_path: 
     torch.testing.assert_close(loaded.encode(x), ae.encode(x))
 
 
-def test_decoder_finetune_keeps_the_encoder_and_lowers_the_loss(tmp_path: Path) -> None:
+@pytest.mark.parametrize("context", [0, 1])
+def test_decoder_finetune_keeps_the_encoder_and_lowers_the_loss(tmp_path: Path, context: int) -> None:
+    """With context 1 the fine-tune first gives the decoder the previous latent frame as an input."""
     from framecast.models.autoencoder import load_autoencoder
     from framecast.train.autoencoder import finetune_decoder
 
     ae = train_autoencoder(tmp_path / "ae", AE_CFG)
-    x = frame_groups(step_rng(3, 0), 4, 2, 32, 32)
+    x = frame_groups(step_rng(3, 0), 4, 4, 32, 32)  # two groups: the second decodes after its past
     z, before = ae.encode(x).detach(), reconstruction_loss(ae, x, replace(AE_CFG, latent_noise=0.0))[0].item()
-    tuned = finetune_decoder(load_autoencoder(tmp_path / "ae" / "autoencoder"), tmp_path / "dec", AE_CFG, 12)
+    cfg = replace(AE_CFG, model=replace(AE_CFG.model, decoder_context=context))
+    tuned = finetune_decoder(load_autoencoder(tmp_path / "ae" / "autoencoder"), tmp_path / "dec", cfg, 12)
     loaded = load_autoencoder(tmp_path / "dec" / "autoencoder")
+    assert loaded.config.decoder_context == context
     torch.testing.assert_close(loaded.encode(x), z)  # same encoder and latent statistics: latents stay valid
     torch.testing.assert_close(tuned.encode(x), z)
     assert reconstruction_loss(loaded, x, replace(AE_CFG, latent_noise=0.0))[0].item() < before

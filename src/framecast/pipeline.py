@@ -201,8 +201,10 @@ class Pipeline:
         return self.autoencoder.encode(uint8_to_frames(frames, self.device))
 
     @torch.inference_mode()
-    def _decode(self, latent: Tensor) -> list[np.ndarray]:
-        frames = self.autoencoder.decode(latent[None].float())  # (1, 3, T, H, W) in [-1, 1]
+    def _decode(self, latent: Tensor, past: Tensor | None) -> list[np.ndarray]:
+        """A finished chunk (C, cf, h, w) and the latent frame before it (C, h, w) -> uint8 frames."""
+        before = None if past is None else past[None].float()
+        frames = self.autoencoder.decode(latent[None].float(), before)  # (1, 3, T, H, W) in [-1, 1]
         return list(frames_to_uint8(frames))
 
 

@@ -4,14 +4,17 @@ Pixel layout: frames are float tensors (B, 3, T, H, W) in [-1, 1].
 Latent layout: (B, C, F, h, w) with F = T / temporal_factor, h = H / spatial_factor, w = W / spatial_factor.
 
 `TinyAutoencoder` folds each group of `temporal_factor` frames into channels and runs a plain 2D conv
-encoder/decoder on it, so every latent frame depends on exactly one group of frames (no state between
-groups). Streaming encode/decode therefore gives the same result as the offline call on the whole clip.
+encoder/decoder on it, so every latent frame depends on exactly one group of frames. With
+`decoder_context` 1 the decoder also sees the latent frame before the one it decodes (its "past"): one
+latent frame says where an object is during its group, two say how it moves within it. Streaming decode
+carries that one latent frame from chunk to chunk (`past`), and gives the same result as the offline call
+on the whole clip.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,12 +32,13 @@ class Autoencoder(Protocol):
     """What the engine needs from a video autoencoder.
 
     `encode`: frames (B, 3, T, H, W) in [-1, 1] -> latent (B, C, T / tf, H / sf, W / sf).
-    `decode`: latent (B, C, F, h, w) -> frames (B, 3, F * tf, h * sf, w * sf) in [-1, 1].
+    `decode`: latent (B, C, F, h, w) -> frames (B, 3, F * tf, h * sf, w * sf) in [-1, 1]; `past` (B, C, h, w)
+    is the latent frame just before latent[:, :, 0] in the stream (None at a stream's start).
     """
 
     def encode(self, frames: Tensor) -> Tensor: ...
 
-    def decode(self, latent: Tensor) -> Tensor: ...
+    def decode(self, latent: Tensor, past: Tensor | None = None) -> Tensor: ...
 
     @property
     def temporal_factor(self) -> int: ...
@@ -55,6 +59,7 @@ class AutoencoderConfig:
     the latent resolution, where they are cheap. `unshuffle` > 1 folds unshuffle x unshuffle pixel blocks
     into channels before the first conv (and unfolds them after the last), so no conv runs at full
     resolution: much cheaper, and edges stay sharp because every output pixel has its own channel.
+    `decoder_context` 1: the decoder also takes the previous latent frame (0: each frame alone).
     """
 
     in_channels: int = 3
@@ -65,17 +70,20 @@ class AutoencoderConfig:
     max_width: int = 128
     res_blocks: int = 1
     unshuffle: int = 1
+    decoder_context: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            low = 0 if f.name == "res_blocks" else 1
+            low = 0 if f.name in ("res_blocks", "decoder_context") else 1
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise InputError(f"AutoencoderConfig.{f.name} must be a positive integer, got {value!r}")
         for name in ("spatial_factor", "unshuffle"):
             value = getattr(self, name)
             if value & (value - 1):
                 raise InputError(f"{name} must be a power of 2, got {value}")
+        if self.decoder_context > 1:
+            raise InputError(f"decoder_context must be 0 or 1, got {self.decoder_context}")
         if self.unshuffle > self.spatial_factor:
             raise InputError(f"unshuffle ({self.unshuffle}) must not exceed spatial_factor ({self.spatial_factor})")
 
@@ -133,9 +141,12 @@ def _build_encoder(config: AutoencoderConfig) -> nn.Sequential:
 
 
 def _build_decoder(config: AutoencoderConfig) -> nn.Sequential:
-    """(N, latent_channels, h, w) -> (N, in_channels * tf, h * sf, w * sf), tanh output in [-1, 1]."""
+    """(N, latent_channels * (1 + context), h, w) -> (N, in_channels * tf, h * sf, w * sf), tanh output in [-1, 1].
+
+    With context the input is the latent frame, then its past, along channels."""
     w = _widths(config)[::-1]  # latent resolution first
-    layers: list[nn.Module] = [nn.Conv2d(config.latent_channels, w[0], 3, padding=1)]
+    c_in = config.latent_channels * (1 + config.decoder_context)
+    layers: list[nn.Module] = [nn.Conv2d(c_in, w[0], 3, padding=1)]
     layers += [ResBlock(w[0]) for _ in range(config.res_blocks)]
     for s in range(_stages(config)):
         layers += [nn.SiLU(), nn.Upsample(scale_factor=2.0), nn.Conv2d(w[s], w[s + 1], 3, padding=1)]
@@ -219,18 +230,50 @@ class TinyAutoencoder(nn.Module):
         z = (z - self._stat("latent_mean")) / self._stat("latent_std")
         return z.reshape(b, t // tf, *z.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C_lat, F, h, w)
 
-    def decode(self, latent: Tensor) -> Tensor:
-        """Latent (B, C, F, h, w) -> frames (B, 3, F * tf, h * sf, w * sf) in [-1, 1]."""
+    def decode(self, latent: Tensor, past: Tensor | None = None) -> Tensor:
+        """Latent (B, C, F, h, w) -> frames (B, 3, F * tf, h * sf, w * sf) in [-1, 1].
+
+        `past` (B, C, h, w): the latent frame before latent[:, :, 0] (used with `decoder_context`); None at
+        the start of a stream, where the first frame stands in for its own past (an object at rest).
+        """
         z = _check_rank(latent, "latent", "(B, C, F, h, w)").to(self._param())
         b, c, f, h, w = z.shape
         if c != self.latent_channels:
             raise InputError(f"latent must have {self.latent_channels} channels in dim 1, got {c}")
-        z = z.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)  # (B*F, C, h, w)
-        z = z * self._stat("latent_std") + self._stat("latent_mean")
+        frames = [z] + ([self._pasts(z, past)] if self.config.decoder_context else [])  # each (B, C, F, h, w)
+        flat = [y.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w) for y in frames]  # each (B*F, C, h, w)
+        z = torch.cat([y * self._stat("latent_std") + self._stat("latent_mean") for y in flat], dim=1)
         x: Tensor = self.decoder(z)  # (B*F, 3*tf, H, W)
         tf, out_c = self.temporal_factor, self.config.in_channels
         x = x.reshape(b, f, out_c, tf, *x.shape[2:]).permute(0, 2, 1, 3, 4, 5)  # (B, 3, F, tf, H, W)
         return x.reshape(b, out_c, f * tf, *x.shape[4:])  # (B, 3, T, H, W)
+
+    def _pasts(self, z: Tensor, past: Tensor | None) -> Tensor:
+        """Latent (B, C, F, h, w) -> the latent frame before each frame (B, C, F, h, w)."""
+        first = z[:, :, :1] if past is None else _check_past(past, z)[:, :, None]
+        return torch.cat([first, z[:, :, :-1]], dim=2)
+
+
+def _check_past(past: object, z: Tensor) -> Tensor:
+    """`past` must be (B, C, h, w) matching latent z (B, C, F, h, w)."""
+    want = (z.shape[0], z.shape[1], z.shape[3], z.shape[4])
+    if not isinstance(past, Tensor) or tuple(past.shape) != want:
+        got = tuple(past.shape) if isinstance(past, Tensor) else type(past).__name__
+        raise InputError(f"past must be the latent frame before the chunk, shape {want}, got {got}")
+    return past.to(z)
+
+
+def with_decoder_context(ae: TinyAutoencoder) -> TinyAutoencoder:
+    """A copy of `ae` whose decoder also takes the previous latent frame, decoding exactly as `ae` does
+    until trained (the new input channels start at zero). Encoder and latent statistics are shared values."""
+    if ae.config.decoder_context:
+        return ae
+    new = TinyAutoencoder(replace(ae.config, decoder_context=1))
+    state = ae.state_dict()
+    first = state["decoder.0.weight"]  # (w0, C, 3, 3)
+    state["decoder.0.weight"] = torch.cat([first, torch.zeros_like(first)], dim=1)  # (w0, 2C, 3, 3)
+    new.load_state_dict(state)
+    return new.to(ae._param().device).train(ae.training)
 
 
 class StreamEncoder:
@@ -285,20 +328,24 @@ class StreamEncoder:
 class StreamDecoder:
     """Decode latent chunks (B, C, F, h, w) as they arrive into frames (B, 3, F * tf, H, W) in [-1, 1].
 
-    The built-in autoencoder keeps no state between latent frames, so this is `ae.decode` per chunk and
-    `flush` returns None. Runs without autograd.
+    Carries the last latent frame of each chunk to the next as its `past`, so the result equals `ae.decode`
+    on the whole clip; `flush` returns None (nothing is held back). Runs without autograd.
     """
 
     def __init__(self, ae: Autoencoder) -> None:
         self.ae = ae
+        self.past: Tensor | None = None  # (B, C, h, w): the last latent frame decoded
 
     def reset(self) -> None:
-        """Forget any state (none for stateless autoencoders)."""
+        """Forget the past: the next chunk starts a new stream."""
+        self.past = None
 
     def decode(self, latent_chunk: Tensor) -> Tensor:
         """Latent (B, C, F, h, w) -> frames (B, 3, F * tf, h * sf, w * sf) in [-1, 1]."""
         with torch.no_grad():
-            return self.ae.decode(latent_chunk)
+            frames = self.ae.decode(latent_chunk, self.past)
+        self.past = latent_chunk[:, :, -1]
+        return frames
 
     def flush(self) -> Tensor | None:
         """Frames still held back at the end of the stream; always None here."""

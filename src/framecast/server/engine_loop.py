@@ -284,7 +284,8 @@ class EngineLoop:
         t1 = time.perf_counter()
         done = [(lv, lat) for lv, latents in zip(lives, out, strict=True) for lat in latents]
         if done:
-            for (lv, _), frames in zip(done, self._decode([lat for _, lat in done]), strict=True):
+            pasts = [lv.stream.take_past(lat) for lv, lat in done]  # in order: a second chunk follows the first
+            for (lv, _), frames in zip(done, self._decode([lat for _, lat in done], pasts), strict=True):
                 feed = lv.stream.feed
                 self._deliver(lv, frames if feed is None else feed.emitted(frames))
         for lv in lives:
@@ -297,9 +298,11 @@ class EngineLoop:
         self.metrics.queue_depth.set(sum(lv.session.outbox.frames_waiting() for lv in self._live.values()))
 
     @torch.inference_mode()
-    def _decode(self, latents: list[Tensor]) -> list[np.ndarray]:
-        """Finished chunks (C, cf, H, W) of all sessions of a pass, decoded in one batch: (T, H, W, 3) each."""
-        clips = self.pipeline.autoencoder.decode(torch.stack(latents).float())  # (N, 3, T, H, W) in [-1, 1]
+    def _decode(self, latents: list[Tensor], pasts: list[Tensor | None]) -> list[np.ndarray]:
+        """Finished chunks (C, cf, h, w) of all sessions of a pass and the latent frame before each (C, h, w;
+        None at a stream's start), decoded in one batch: (T, H, W, 3) each."""
+        past = torch.stack([lat[:, 0] if p is None else p for lat, p in zip(latents, pasts, strict=True)])
+        clips = self.pipeline.autoencoder.decode(torch.stack(latents).float(), past.float())  # (N, 3, T, H, W)
         return [frames_to_uint8(clip) for clip in clips]
 
     def _deliver(self, lv: Live, frames: np.ndarray, model: bool = True) -> None:
@@ -345,7 +348,8 @@ class EngineLoop:
                 t0 = time.perf_counter()
                 out = self.pipeline.engine.step([st.state for st in streams], [st.next_condition for st in streams])
                 if any(out):
-                    self._decode([lat for latents in out for lat in latents])
+                    done = [lat for latents in out for lat in latents]
+                    self._decode(done, [None] * len(done))
                 if j:
                     self.cost.observe(units, time.perf_counter() - t0)
         a, b = self.cost.coefficients()

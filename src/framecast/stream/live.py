@@ -52,11 +52,12 @@ class Stream:
         state: StreamState,
         prompt: str,
         conditioner: Conditioner,
-        decode: Callable[[Tensor], list[np.ndarray]],
+        decode: Callable[[Tensor, Tensor | None], list[np.ndarray]],
         feed: InputFeed | None = None,
     ) -> None:
         self.engine, self.state, self.conditioner, self.decode = engine, state, conditioner, decode
         self.prompt = PromptState(prompt, conditioner.embed(prompt))
+        self.decoder_past: Tensor | None = None  # (C, h, w): the last latent frame decoded (see `take_past`)
         self.frames_emitted = 0
         self.feed = feed
 
@@ -70,12 +71,18 @@ class Stream:
 
     def accept(self, latents: list[Tensor]) -> list[np.ndarray]:
         """Decode latents (C, cf, H, W) the engine finished for this stream into frames."""
-        chunks = [self.decode(lat) for lat in latents]
+        chunks = [self.decode(lat, self.take_past(lat)) for lat in latents]
         if self.feed is not None:  # in input order; a padding chunk gives none
             chunks = [list(self.feed.emitted(np.stack(c))) for c in chunks]
         frames = [f for c in chunks for f in c]
         self.frames_emitted += len(frames)
         return frames
+
+    def take_past(self, latent: Tensor) -> Tensor | None:
+        """The decoder's past for the finished chunk `latent` (C, cf, h, w): the latent frame decoded just
+        before it (None for the first chunk); `latent`'s last frame becomes the next chunk's past."""
+        past, self.decoder_past = self.decoder_past, latent[:, -1]
+        return past
 
     def step(self, timeout: float = 0.0) -> list[np.ndarray]:
         """Run one engine pass for this stream alone; frames it finished (none during warm-up).

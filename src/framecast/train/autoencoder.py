@@ -3,6 +3,8 @@
 Loss: L1 + MSE of the reconstruction, weighted towards object pixels (objects cover a few percent of a
 frame, and an unweighted loss lets small stars and triangles blur into blobs). The decoder also sees
 slightly noised latents, so that the imperfect latents a diffusion model makes still decode cleanly.
+With a decoder that sees the previous latent frame (`decoder_context`), batches hold two consecutive groups,
+so the decoder learns both a stream's first group (its own past) and a later one.
 After training, per-channel latent statistics are folded into the autoencoder (`set_latent_stats`), so
 the DiT sees unit-variance latents.
 """
@@ -18,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, save_autoencoder
+from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, save_autoencoder, with_decoder_context
 from framecast.train.data import frame_groups
 from framecast.train.loop import LoopConfig, new_state, resume, step_rng, train
 
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 class AETrainConfig:
     model: AutoencoderConfig = field(
         default_factory=lambda: AutoencoderConfig(
-            latent_channels=16, width=64, max_width=128, res_blocks=2, unshuffle=4
+            latent_channels=16, width=64, max_width=128, res_blocks=2, unshuffle=4, decoder_context=1
         )
     )
     loop: LoopConfig = field(default_factory=lambda: LoopConfig(steps=3000, lr=1e-3, ema=0.995))
@@ -77,10 +79,9 @@ def evaluate(ae: nn.Module, cfg: AETrainConfig, batches: int = 4) -> dict[str, f
     """Reconstruction PSNR on fixed held-out frame groups (seeded apart from training data)."""
     assert isinstance(ae, TinyAutoencoder)
     ae.eval()
-    tf = ae.temporal_factor
     mses, kept = [], []
     for i in range(batches):
-        x = frame_groups(step_rng(10**9 + 7, i), cfg.batch, tf, cfg.height, cfg.width)
+        x = frame_groups(step_rng(10**9 + 7, i), cfg.batch, _frames(ae.config), cfg.height, cfg.width)
         y = ae.decode(ae.encode(x))
         mses.append((y - x).pow(2).mean().item())
         kept += shapes_kept(x[:, :, 0], y[:, :, 0])
@@ -111,12 +112,17 @@ def latent_stats(ae: TinyAutoencoder, cfg: AETrainConfig, batches: int = 16) -> 
     return z.mean(1), z.std(1)
 
 
+def _frames(model: AutoencoderConfig) -> int:
+    """Frames of one training sample: a group, or two consecutive ones when the decoder sees the past."""
+    return model.temporal_factor * (1 + model.decoder_context)
+
+
 def _loss_fn(cfg: AETrainConfig) -> Callable[[nn.Module, np.random.Generator, int], tuple[Tensor, dict[str, float]]]:
     """The training loop's loss: a fresh batch of frame groups from the step's generator, reconstructed."""
 
     def loss_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
         assert isinstance(model, TinyAutoencoder)
-        batch = frame_groups(rng, cfg.batch, cfg.model.temporal_factor, cfg.height, cfg.width)
+        batch = frame_groups(rng, cfg.batch, _frames(model.config), cfg.height, cfg.width)
         return reconstruction_loss(model, batch, cfg)
 
     return loss_fn
@@ -143,8 +149,12 @@ def finetune_decoder(
     """Train the decoder alone for `steps` steps (checkpoints in `out/checkpoint`, result in `out/autoencoder`).
 
     The encoder and the latent statistics stay as they are, so latents encoded before (and a DiT trained on
-    them) stay valid: this stage can sharpen the decoding of shapes after the DiT's data exists.
+    them) stay valid: this stage can sharpen the decoding of shapes after the DiT's data exists. When
+    `cfg.model` asks for a decoder that sees the previous latent frame and `ae` has none, it gets one first
+    (`with_decoder_context`: it starts out decoding exactly as before).
     """
+    if cfg.model.decoder_context > ae.config.decoder_context:
+        ae = with_decoder_context(ae)
     ae.encoder.requires_grad_(False)
     loop = replace(cfg.loop, steps=steps, lr=cfg.decoder_lr, warmup=min(cfg.loop.warmup, steps))
     ts = new_state(ae, loop)  # AdamW skips the frozen encoder: its parameters never get a gradient
