@@ -277,3 +277,21 @@ def test_dit_clips_start_with_objects_in_the_middle_of_their_bounds() -> None:
     for o in scene.objects:
         x0, y0, x1, y1 = o.bounds
         assert object_state(o, 0) == ((x0 + x1) / 2, (y0 + y1) / 2)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_dit_clips_have_one_size_and_one_speed(seed: int) -> None:
+    from framecast.train.data import STEADY_SIZE, STEADY_SPEED, steady
+    from framecast.world import detect_motion, render, sample_scene
+
+    scene = sample_scene(seed, "train", height=64, width=64)
+    fixed = steady(scene)
+    for before, o in zip(scene.objects, fixed.objects, strict=True):
+        assert o.size == STEADY_SIZE and (o.motion, o.color, o.shape) == (before.motion, before.color, before.shape)
+        speed = (o.vx**2 + o.vy**2) ** 0.5
+        assert speed == pytest.approx(0.0 if o.motion == "still" else STEADY_SPEED)
+        if o.motion == "bounce":
+            assert o.vx > 0 and o.vy > 0
+        assert detect_motion(render(fixed, 0, 24), color=o.color) == o.motion  # still the captioned motion
+    big = steady(sample_scene(seed, "train", height=128, width=128))
+    assert all(o.size == 2 * STEADY_SIZE for o in big.objects)

@@ -2,11 +2,12 @@
 
 Pixel layout: float tensors (B, 3, T, H, W) in [-1, 1], as the autoencoder takes them.
 
-DiT clips start with their objects at fixed places (`centered`), and captions that leave the background
-out get the default background (`default_background`): black, or the
-first palette color every object stands out on. A caption then fixes everything in a clip but the places
-of the objects, so the model can learn the text; a random background under a caption that never names it
-is most of a frame's variance, and a model trained on it draws an average background whatever the prompt.
+DiT clips start with their objects at fixed places (`centered`), with one size and one speed (`steady`),
+and captions that leave the background out get the default background (`default_background`): black, or
+the first palette color every object stands out on. A caption then fixes everything in a clip, so the
+model can learn the text; what a caption leaves open, a few-step sampler draws as an average: a random
+background under a caption that never names it became one average background whatever the prompt, random
+speeds a moving object smeared or split along its path.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from framecast.world.vocab import COLORS, allowed_on, is_heldout
 DEFAULT_BACKGROUNDS = ("black", "white", *COLORS)  # tried in this order
 BACKGROUND_WORDS = ("background", "backdrop", "gradient")  # every background phrase of the captions has one
 
+STEADY_SIZE = 15.0  # bounding-box side at 64 px of every object of the DiT's clips (the world: 12-18)
+STEADY_SPEED = 0.9  # pixels per frame at 64 px (the world: 0.6-1.2); a bounce goes down-right at 45 degrees
 MAX_START = 4000  # frames: clips start anywhere in the first ~3 minutes of a scene
 SCENE_POOL = 1024  # autoencoder batches draw from this many scenes (each at random times), sampled once
 
@@ -70,7 +73,7 @@ def clip_sample(
     rng: np.random.Generator, window: int, tf: int, max_gap: int, height: int, width: int, switch_prob: float
 ) -> Sample:
     """A sink group at frame 0 and `window` consecutive groups starting `gap` groups later (gap >= 1)."""
-    scene = centered(sample_scene(int(rng.integers(2**31)), "train", height=height, width=width))
+    scene = steady(centered(sample_scene(int(rng.integers(2**31)), "train", height=height, width=width)))
     gap = 1 if rng.random() < 0.4 else int(rng.integers(2, max_gap + 1))
     starts = [0] + [(gap + i) * tf for i in range(window)]
     scene, text = captioned(scene, rng)
@@ -98,6 +101,26 @@ def centered(scene: Scene) -> Scene:
     return dataclasses.replace(scene, objects=objects)
 
 
+def steady(scene: Scene) -> Scene:
+    """The scene with every object at one size and one speed (a bounce: down-right at 45 degrees).
+
+    The caption names neither; from a caption and a few noisy chunks of context, a random speed leaves the
+    next chunk's place open by several pixels, and the sampler's average of those places is a smear.
+    """
+    s = scene.scale
+    speed = STEADY_SPEED * s
+
+    def fix(o: ObjectSpec) -> ObjectSpec:
+        norm = (o.vx**2 + o.vy**2) ** 0.5
+        if o.motion == "bounce":
+            vx, vy = speed / 2**0.5, speed / 2**0.5
+        else:
+            vx, vy = (0.0, 0.0) if norm == 0 else (o.vx / norm * speed, o.vy / norm * speed)
+        return dataclasses.replace(o, size=STEADY_SIZE * s, vx=vx, vy=vy)
+
+    return dataclasses.replace(scene, objects=tuple(fix(o) for o in scene.objects))
+
+
 def default_background(colors: list[str]) -> Background:
     """The background of a caption that names none: the first of DEFAULT_BACKGROUNDS all `colors` stand out on."""
     for c in DEFAULT_BACKGROUNDS:
@@ -123,7 +146,8 @@ def switched_scene(scene: Scene, rng: np.random.Generator, frame: int) -> Scene:
     """
     for _ in range(100):
         seed = int(rng.integers(2**31))
-        fresh = sample_scene(seed, "train", num_objects=len(scene.objects), height=scene.height, width=scene.width)
+        n = len(scene.objects)
+        fresh = steady(sample_scene(seed, "train", num_objects=n, height=scene.height, width=scene.width))
         single = len(scene.objects) == 1
         objects = tuple(_continue(a, b, frame, single) for a, b in zip(scene.objects, fresh.objects, strict=True))
         background = fresh.background if rng.random() < 0.3 else scene.background
