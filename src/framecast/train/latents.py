@@ -37,7 +37,7 @@ class LatentDataConfig:
     shard: int = 250
     window: int = 10  # groups after the sink
     max_gap: int = 60  # largest distance in groups between the sink and the window
-    switch_prob: float = 0.25
+    switch_prob: float = 0.5  # share of samples whose caption (and look) changes part way: a live prompt switch
     height: int = 64
     width: int = 64
     seed: int = 1
