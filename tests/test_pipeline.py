@@ -107,10 +107,14 @@ def test_cli_generate_writes_mp4(tmp_path: Path, model_dir: Path) -> None:
     assert frames.shape == (8, 64, 64, 3) and fps == 8
 
 
-def test_cli_bad_inputs(tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_inputs(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     out = str(tmp_path / "v.mp4")
     _fails(["generate", "x", "-o", out, "--model", "no-such-model"], capsys, "unknown model")
-    _fails(["generate", "x", "-o", out, "--model", "tiny"], capsys, "no trained weights")
+    with monkeypatch.context() as m:  # an install without the built-in weights
+        m.setattr("framecast.pipeline.WEIGHTS_DIR", tmp_path / "no-weights")
+        _fails(["generate", "x", "-o", out, "--model", "tiny"], capsys, "no trained weights")
     _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--seconds", "0"], capsys, "--seconds")
     _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--seconds", "-2"], capsys, "--seconds")
     _fails(["generate", "x", "-o", "/no/such/dir/v.mp4", "--model", str(model_dir)], capsys, "does not exist")
