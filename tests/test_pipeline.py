@@ -54,6 +54,20 @@ def test_set_prompt_takes_effect_at_next_chunk_without_reset(batch_steps: bool) 
     assert not np.array_equal(switched[-per:], fresh[-per:])  # the cache was kept, not reset
 
 
+@pytest.mark.parametrize("batch_steps", [True, False])
+def test_guided_pipeline_with_context_noise_is_seeded_and_differs(batch_steps: bool) -> None:
+    """Guidance and context noise through the Python API: reproducible per seed, both schedules agree, each
+    changes the picture, and a guided stream keeps a second cache."""
+    pipe, kw = _pipe(), dict(steps=2, guidance=3.0, context_noise=0.2)
+    frames = pipe.generate("red", 12, seed=2, batch_steps=batch_steps, **kw)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(frames, pipe.generate("red", 12, seed=2, batch_steps=not batch_steps, **kw))  # type: ignore[arg-type]
+    plain = pipe.generate("red", 12, seed=2, steps=2)
+    assert not np.array_equal(frames, plain)
+    assert not np.array_equal(pipe.generate("red", 12, seed=2, steps=2, guidance=3.0), plain)
+    guided, unguided = pipe.stream("red", guidance=3.0), pipe.stream("red")
+    assert guided.state.memory_bytes() == 2 * unguided.state.memory_bytes()
+
+
 def test_blend_goes_through_intermediate_conditions() -> None:
     pipe = _pipe()
     stream = pipe.stream("red", seed=0, steps=1, batch_steps=False)
@@ -121,6 +135,8 @@ def test_cli_bad_inputs(
     _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--prompt-at", "soon"], capsys, "--prompt-at")
     _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--prompt-at", "2:"], capsys, "--prompt-at")
     _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--steps", "9"], capsys, "steps")
+    _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--guidance", "-1"], capsys, "guidance")
+    _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--context-noise", "1.5"], capsys, "context_noise")
     assert not Path(out).exists()
 
 

@@ -17,6 +17,7 @@ from framecast.train.data import clip_sample, frame_groups
 from framecast.train.dit import (
     DiTTrainConfig,
     attention_mask,
+    drop_text,
     flow_loss,
     new_model,
     stream_levels,
@@ -295,3 +296,15 @@ def test_dit_clips_have_one_size_and_one_speed(seed: int) -> None:
         assert detect_motion(render(fixed, 0, 24), color=o.color) == o.motion  # still the captioned motion
     big = steady(sample_scene(seed, "train", height=128, width=128))
     assert all(o.size == 2 * STEADY_SIZE for o in big.objects)
+
+
+def test_drop_text_gives_some_samples_the_empty_prompt() -> None:
+    """Dropped samples point every group at the appended empty-prompt row; the others keep their captions."""
+    text, index = torch.randn(3, 5, 8), torch.tensor([[0, 0, 1], [2, 2, 2], [1, 1, 0], [0, 1, 2]])
+    null = torch.randn(1, 5, 8)
+    out = drop_text({"text": text, "text_index": index}, null, np.random.default_rng(0), 0.5)
+    dropped = (out["text_index"] == 3).all(1)
+    assert 0 < int(dropped.sum()) < 4  # seed 0 drops some, not all
+    torch.testing.assert_close(out["text"][3], null[0])
+    torch.testing.assert_close(out["text_index"][~dropped], index[~dropped])
+    assert drop_text({"text": text, "text_index": index}, null, np.random.default_rng(0), 0.0)["text"] is text

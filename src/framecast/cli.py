@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from framecast.errors import FramecastError, InputError
 
@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         help="switch to PROMPT at SECONDS (repeatable)",
     )
     g.add_argument("--sequential", action="store_true", help="one chunk at a time instead of the stream batch")
+    _sampling_args(g)
     _v2v_args(g)
     _model_args(g)
     b = sub.add_parser("bench", help="measure speed of a model on this machine")
@@ -68,11 +69,24 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None, help="denoising steps per chunk, 1-4 (default: the model's)")
     e.add_argument("--seeds", type=int, default=2, help="clips per held-out combination (default: 2)")
     e.add_argument("--drift-seconds", type=float, default=300.0, help="length of the drift streams (default: 300)")
+    _sampling_args(e)
     _model_args(e)
     _eval_v2v_args(sub.add_parser("eval-v2v", help="video-to-video figures of a model on the procedural world"))
     _serve_args(sub.add_parser("serve", help="serve the browser UI and live streams"))
     _bench_serve_args(sub.add_parser("bench-serve", help="load-test the live server on loopback"))
     return ap
+
+
+def _sampling_args(p: argparse.ArgumentParser) -> None:
+    model = "(default: the model's)"
+    p.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale, 1 = off {model}")
+    p.add_argument("--context-noise", type=float, default=None, help=f"noise of finished chunks in the cache {model}")
+
+
+def _sampling_overrides(a: argparse.Namespace) -> dict[str, Any]:
+    """StreamConfig fields set on the command line (--steps, --guidance, --context-noise)."""
+    named = {"steps": a.steps, "guidance": a.guidance, "context_noise": a.context_noise}
+    return {k: v for k, v in named.items() if v is not None}
 
 
 def _v2v_args(g: argparse.ArgumentParser) -> None:
@@ -145,7 +159,7 @@ def _generate(a: argparse.Namespace) -> None:
     v2v = _v2v_config(a)
     source = _open_input(a) if a.input is not None else None  # a bad input file costs nothing either
     pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
-    overrides = {"batch_steps": not a.sequential, **({"steps": a.steps} if a.steps is not None else {})}
+    overrides = {"batch_steps": not a.sequential, **_sampling_overrides(a)}
     pipe.stream_config(**overrides)  # validate before any file is opened
     if source is None:
         fps = a.fps or pipe.config.fps
@@ -248,7 +262,8 @@ def _eval(a: argparse.Namespace) -> None:
     if a.seeds < 1 or not a.drift_seconds >= 20:
         raise InputError("--seeds must be positive and --drift-seconds at least 20")
     pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
-    settings = EvalSettings(seeds=a.seeds, drift_seconds=a.drift_seconds, steps=a.steps)
+    settings = EvalSettings(seeds=a.seeds, drift_seconds=a.drift_seconds, stream=_sampling_overrides(a))
+    pipe.stream_config(**settings.stream)  # validate before the long run
     with tqdm(desc="eval", unit="task") as bar:
 
         def progress(message: str) -> None:

@@ -74,6 +74,7 @@ class Pipeline:
         self.text_encoder = text_encoder
         self.engine = Engine(self.dit)
         self.conditioner = Conditioner(self._embed, self._cross)
+        self._null_cond: Condition | None = None
         _check_compatible(self.dit, self.autoencoder, self.text_encoder)
 
     # -- loading -------------------------------------------------------------------------------
@@ -134,7 +135,8 @@ class Pipeline:
     def stream(self, prompt: str, seed: int = 0, **overrides: Any) -> Stream:
         """A new endless stream; `overrides` are `StreamConfig` fields (steps, batch_steps, ...)."""
         cfg = self.stream_config(**overrides)
-        state = StreamState.create(self.dit.config, cfg, seed, self.dtype, self.device)
+        null = self._null() if cfg.guided else None
+        state = StreamState.create(self.dit.config, cfg, seed, self.dtype, self.device, null)
         return Stream(self.engine, state, _check_prompt(prompt), self.conditioner, self._decode)
 
     def video_stream(
@@ -187,6 +189,12 @@ class Pipeline:
         return np.stack(list(self.frames(prompt, num_frames, seed, prompt_at, **overrides)))
 
     # -- internals -----------------------------------------------------------------------------
+    def _null(self) -> Condition:
+        """The empty prompt's condition (the unconditional side of guidance), computed once."""
+        if self._null_cond is None:
+            self._null_cond = self._cross(self.text_encoder.encode([""])[0].to(self.device))
+        return self._null_cond
+
     def _embed(self, text: str) -> Tensor:
         return self.text_encoder.encode([_check_prompt(text)])[0].to(self.device)  # (T, D)
 

@@ -33,6 +33,8 @@ class PassRequest:
     past_chunk: list[int]  # chunk of every cached token group (M / tokens_per_chunk_frame entries)
     sinks: int
     window: int
+    guidance: float = 1.0  # classifier-free guidance scale (1: off)
+    uncond: PassRequest | None = None  # guided: the same frames under the empty prompt, with its own cache
 
 
 @dataclass
@@ -46,6 +48,7 @@ class PassResult:
     keys: list[Tensor]
     values: list[Tensor]
     row: int = 0
+    uncond: PassResult | None = None  # guided: the empty prompt's row (its keys/values fill its own cache)
 
 
 def visible(query_chunk: Tensor, key_chunk: Tensor, sinks: int, window: int) -> Tensor:
@@ -57,8 +60,26 @@ def visible(query_chunk: Tensor, key_chunk: Tensor, sinks: int, window: int) -> 
 def run_batch(
     model: CausalWanDiT, reqs: list[PassRequest], mask_cache: dict[tuple, Tensor] | None = None
 ) -> list[PassResult]:
-    """Run all rows in one forward pass; the denoiser is called here and nowhere else in the hot loop."""
-    return _run_one(model, reqs[0], mask_cache) if len(reqs) == 1 else _run_many(model, reqs, mask_cache)
+    """Run all rows in one forward pass; the denoiser is called here and nowhere else in the hot loop.
+
+    A guided row (guidance w != 1) brings its unconditional row (the empty prompt over the same frames, with
+    its own cache), run at the end of the batch; the guided velocity is v_u + w * (v_c - v_u).
+    """
+    extra = [r.uncond for r in reqs if r.uncond is not None]
+    rows = reqs + extra if extra else reqs
+    out = _run_one(model, rows[0], mask_cache) if len(rows) == 1 else _run_many(model, rows, mask_cache)
+    return _guide(reqs, out) if extra else out
+
+
+def _guide(reqs: list[PassRequest], out: list[PassResult]) -> list[PassResult]:
+    """Combine each guided row with its unconditional row (in `out` after all the requested rows)."""
+    extra = len(reqs)
+    for r, res in zip(reqs, out, strict=False):
+        if r.uncond is not None:
+            res.uncond = out[extra]
+            res.velocity = res.uncond.velocity + r.guidance * (res.velocity - res.uncond.velocity)
+            extra += 1
+    return out[: len(reqs)]
 
 
 def _run_one(model: CausalWanDiT, r: PassRequest, mask_cache: dict[tuple, Tensor] | None) -> list[PassResult]:

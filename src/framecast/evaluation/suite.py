@@ -37,7 +37,7 @@ class EvalSettings:
     drift_window: float = 10.0
     switch_before: float = 2.0
     switch_after: float = 3.0
-    steps: int | None = None
+    stream: dict[str, Any] = field(default_factory=dict)  # StreamConfig overrides (steps, guidance, ...)
     triples: int | None = None  # evaluate only the first N held-out triples (None: all 20)
 
 
@@ -59,7 +59,7 @@ Progress = Callable[[str], None]
 
 
 def _overrides(s: EvalSettings) -> dict[str, Any]:
-    return {} if s.steps is None else {"steps": s.steps}
+    return dict(s.stream)
 
 
 def _prompts(triple: tuple[str, str, str], seed: int) -> str:
@@ -117,9 +117,12 @@ def drift(pipe: Pipeline, s: EvalSettings, progress: Progress) -> dict[str, floa
         last.append(frame_hits(np.stack(tail), color, shape).mean(0))
     f, la = np.mean(first, 0), np.mean(last, 0)
     return {
-        "first_color": float(f[0]), "first_shape": float(f[1]),
-        "last_color": float(la[0]), "last_shape": float(la[1]),
-        "drop_points": float(100 * (f.mean() - la.mean())), "seconds": s.drift_seconds,
+        "first_color": float(f[0]),
+        "first_shape": float(f[1]),
+        "last_color": float(la[0]),
+        "last_shape": float(la[1]),
+        "drop_points": float(100 * (f.mean() - la.mean())),
+        "seconds": s.drift_seconds,
     }
 
 

@@ -37,7 +37,7 @@ from framecast.server.protocol import error_json
 from framecast.server.session import Close, Command, Session, SessionStats, SetPrompt, Start, Stop
 from framecast.server.settings import ServerSettings
 from framecast.stream.live import Stream
-from framecast.stream.state import Condition
+from framecast.stream.state import Condition, StreamState
 from framecast.v2v import Action, FrameSource, LiveSource, MotionConfig, V2VConfig, VideoFileSource
 
 log = logging.getLogger("framecast.server.engine")
@@ -273,7 +273,7 @@ class EngineLoop:
 
     # -- one pass ---------------------------------------------------------------------------------
     def _pass(self, lives: list[Live], t0: float) -> None:
-        units = sum(len(lv.stream.state.inflight) + 1 for lv in lives)  # stream batch admits one chunk a pass
+        units = sum(_units(lv.stream.state) for lv in lives)
         try:
             out = self.pipeline.engine.step([lv.stream.state for lv in lives], [_cond(lv) for lv in lives])
         except Exception as e:
@@ -344,7 +344,7 @@ class EngineLoop:
         for rows in (1, 3) if n else ():
             streams = [self.pipeline.stream("calibration", seed=i, batch_steps=True) for i in range(rows)]
             for j in range(n + 1):  # the first pass (allocations, text encoding) is not timed
-                units = sum(len(st.state.inflight) + 1 for st in streams)
+                units = sum(_units(st.state) for st in streams)
                 t0 = time.perf_counter()
                 out = self.pipeline.engine.step([st.state for st in streams], [st.next_condition for st in streams])
                 if any(out):
@@ -364,3 +364,8 @@ def _cond(lv: Live) -> Callable[[], Condition]:
         return lv.stream.next_condition()
 
     return cond
+
+
+def _units(state: StreamState) -> int:
+    """Chunks of one stream's next pass (the stream batch admits one chunk a pass); twice when guided."""
+    return (len(state.inflight) + 1) * (2 if state.cfg.guided else 1)

@@ -253,7 +253,8 @@ class SessionManager:
 
     # -- admission ----------------------------------------------------------------------------------
     def _demand(self, fps: float, steps: int) -> Demand:
-        units = self.pipeline.stream_config(steps=steps).final_pass + 1  # chunks in flight in one row
+        cfg = self.pipeline.stream_config(steps=steps)
+        units = (cfg.final_pass + 1) * (2 if cfg.guided else 1)  # chunks in flight in one row (two when guided)
         return Demand(fps / self.pipeline.frames_per_chunk, units)
 
     def _load_with(self, new: Demand | None, replacing: Session | None) -> float:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from framecast.errors import InputError
 from framecast.sampling.flow import DEFAULT_SHIFT, MAX_STEPS
 
+MAX_GUIDANCE = 20.0
+
 
 @dataclass(frozen=True)
 class StreamConfig:
@@ -22,6 +24,11 @@ class StreamConfig:
     batch_steps:    stream batch: keep `steps` chunks in flight, one forward per emitted chunk; else
                     sequential, one chunk at a time (lowest latency and activation memory).
     blend_chunks:   chunks over which a prompt change blends the old condition into the new one.
+    guidance:       classifier-free guidance scale w: velocity = v(empty prompt) + w * (v(prompt) - v(empty
+                    prompt)), the empty-prompt row sharing the stream's cache; 1 is off (one row per pass).
+    context_noise:  noise level at which the clean pass reads a finished chunk into the cache (0: clean).
+                    A little noise hides the model's own small errors from the chunks after it, so they do
+                    not compound over a long stream; needs `clean_pass`.
     """
 
     steps: int = 4
@@ -32,6 +39,8 @@ class StreamConfig:
     clean_pass: bool = True
     batch_steps: bool = True
     blend_chunks: int = 0
+    guidance: float = 1.0
+    context_noise: float = 0.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
@@ -44,6 +53,17 @@ class StreamConfig:
             raise InputError(f"refresh_chunks must be at least 1, got {self.refresh_chunks}")
         if self.blend_chunks < 0:
             raise InputError(f"blend_chunks must be 0 or more, got {self.blend_chunks}")
+        if not 0.0 <= self.guidance <= MAX_GUIDANCE:
+            raise InputError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance}")
+        if not 0.0 <= self.context_noise < 1.0:
+            raise InputError(f"context_noise must be in [0, 1), got {self.context_noise}")
+        if self.context_noise and not self.clean_pass:
+            raise InputError("context_noise needs clean_pass: only the clean pass reads a finished chunk")
+
+    @property
+    def guided(self) -> bool:
+        """True when every pass also runs the empty prompt (classifier-free guidance)."""
+        return self.guidance != 1.0
 
     @property
     def final_pass(self) -> int:

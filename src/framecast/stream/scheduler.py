@@ -8,6 +8,12 @@ chunk n - m as it was at pass min(j + m, final), plus the sinks, within the wind
 * Sequential: one chunk at a time; the pass of chunk n at step j counts as tick n + j. Keys of passes
   1..final-1 are staged for the next chunks, which would have seen them in flight.
 
+Context noise: the clean pass reads its chunk noised to `context_noise` (fresh noise from the stream's
+context generator, one draw per chunk in chunk order), at that timestep; the emitted latent stays clean.
+Guidance: a guided stream keeps a second cache for the empty prompt (`null_ring`, the same slots); every
+request carries the row again under the empty prompt with that cache, and its keys/values fill it, so the
+unconditional branch, too, sees the same context in both schedules.
+
 Video to video (SDEdit): a chunk admitted with a queued `ChunkInput` starts from its input noised to its
 strength s and runs the same `steps` passes over the schedule restricted to [0, s]; the row's pass tables
 then depend on the start strength of each chunk too. Nothing else changes, so both schedules still agree.
@@ -15,6 +21,7 @@ then depend on the start strength of each chunk too. Nothing else changes, so bo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -24,6 +31,7 @@ from framecast.engine.batch import PassRequest, PassResult
 from framecast.errors import InputError
 from framecast.models.dit import CrossKV, PastKV
 from framecast.sampling.flow import add_noise, noise_like, sdedit_sigmas
+from framecast.stream.cache import RingKV
 from framecast.stream.state import ChunkInput, Condition, InFlight, PassTable, StreamState
 
 NOISE_BLOCK = 8  # chunks of noise drawn at once where that gives the same numbers (see `_next_noise`)
@@ -78,9 +86,15 @@ def next_request(state: StreamState, head_dim: int, theta: float) -> PassRequest
     tick = state.tick if state.cfg.batch_steps else rows[0].chunk + rows[0].next_pass
     epoch = state.plan.epoch(tick)
     if epoch != state.ring.epoch:
-        state.ring.rotate_to(epoch, state.plan, head_dim, theta)
-    ctx = _ring_context(state, rows[-1].chunk) if state.cfg.batch_steps else _sequential_context(state, rows[0])
-    return _request(state, rows, tick, *ctx)
+        for ring in _rings(state):
+            ring.rotate_to(epoch, state.plan, head_dim, theta)
+    slots, chunks = _ring_slots(state, rows[-1].chunk) if state.cfg.batch_steps else _sequential_slots(state, rows[0])
+    return _request(state, rows, tick, slots, chunks)
+
+
+def _rings(state: StreamState) -> list[RingKV]:
+    """The stream's caches: the prompt's, and the empty prompt's when guided (same slots, same writes)."""
+    return [state.ring] if state.null_ring is None else [state.ring, state.null_ring]
 
 
 def apply_result(state: StreamState, res: PassResult) -> list[Tensor]:
@@ -91,10 +105,12 @@ def apply_result(state: StreamState, res: PassResult) -> list[Tensor]:
     if table.dsigma is not None:  # Euler step of every frame, with euler_step's arithmetic
         dv = table.dsigma * v
         x = x + (dv if dv.dtype == v.dtype else dv.to(v.dtype))
-    for i in range(table.final):
-        ring.write(rows[i].chunk, res.keys, res.values, res.row, i * ring.tokens)
-    for i, p in table.staged:  # kept for the next chunks, which would have seen them in flight
-        ring.stage(rows[i].chunk, p, res.keys, res.values, res.row, i * ring.tokens)
+    for rg, out in zip(_rings(state), (res, res.uncond), strict=False):
+        assert out is not None, "a guided pass returns its unconditional row"
+        for i in range(table.final):
+            rg.write(rows[i].chunk, out.keys, out.values, out.row, i * ring.tokens)
+        for i, p in table.staged:  # kept for the next chunks, which would have seen them in flight
+            rg.stage(rows[i].chunk, p, out.keys, out.values, out.row, i * ring.tokens)
     done = [x[0, :, i * cf : (i + 1) * cf] for i in table.emitted]
     for r in rows:
         r.next_pass += 1
@@ -135,7 +151,8 @@ def _make_table(state: StreamState, passes: list[int], strengths: list[float]) -
     cfg, cf, device = state.cfg, state.latent_shape[1], state.ring.device
     steps, final = cfg.steps, cfg.final_pass
     rows = list(zip([_schedule(state, s) for s in strengths], passes, strict=True))  # (levels, pass) per chunk
-    t = torch.cat([(s[j] if j < steps else s[-1]).repeat(cf) for s, j in rows]) * 1000.0
+    ctx = torch.tensor(cfg.context_noise, dtype=state.sigmas.dtype)  # the clean pass reads chunks at this level
+    t = torch.cat([(s[j] if j < steps else ctx).repeat(cf) for s, j in rows]) * 1000.0
     zero = torch.zeros((), dtype=state.sigmas.dtype)
     d = torch.stack([s[j + 1] - s[j] if j < steps else zero for s, j in rows]).repeat_interleave(cf)
     leaving = sum(j == final for j in passes)
@@ -149,16 +166,16 @@ def _make_table(state: StreamState, passes: list[int], strengths: list[float]) -
     )
 
 
-def _ring_context(state: StreamState, newest: int) -> tuple[PastKV | None, list[int]]:
-    """Filled ring slots with chunk <= newest: keys/values (L, 1, M, h, hd) and their chunks."""
+def _ring_slots(state: StreamState, newest: int) -> tuple[list[int], list[int]]:
+    """Filled ring slots with chunk <= newest, and their chunks."""
     ring, chunks = state.ring, state.ring.chunks
-    if ring.full and ring.last <= newest:  # the stream batch in steady state: the whole ring, a view
-        return ring.ring_view(), list(chunks)
+    if ring.full and ring.last <= newest:  # the stream batch in steady state: the whole ring (a view)
+        return list(range(len(chunks))), list(chunks)
     slots = [s for s, c in enumerate(chunks) if 0 <= c <= newest]
-    return _context(state, slots, [chunks[s] for s in slots])
+    return slots, [chunks[s] for s in slots]
 
 
-def _sequential_context(state: StreamState, cur: InFlight) -> tuple[PastKV | None, list[int]]:
+def _sequential_slots(state: StreamState, cur: InFlight) -> tuple[list[int], list[int]]:
     """Ring chunks at their final pass, plus staged chunks n - m at pass j + m for m < final - j."""
     n, j, final, ring = cur.chunk, cur.next_pass, state.cfg.final_pass, state.ring
     slots = [s for s, c in enumerate(ring.chunks) if 0 <= c <= n - (final - j)]
@@ -168,29 +185,58 @@ def _sequential_context(state: StreamState, cur: InFlight) -> tuple[PastKV | Non
         if s is not None:
             slots.append(s)
             chunks.append(n - m)
-    return _context(state, slots, chunks)
+    return slots, chunks
 
 
-def _context(state: StreamState, slots: list[int], chunks: list[int]) -> tuple[PastKV | None, list[int]]:
-    """Keys/values of the given store slots as one row (a view for the whole ring) and their chunks."""
-    return (state.ring.gather(slots), chunks) if slots else (None, [])
+def _past(ring: RingKV, slots: list[int]) -> PastKV | None:
+    """Keys/values (L, 1, M, h, hd) of the given store slots as one row (the whole ring: a view)."""
+    return ring.gather(slots) if slots else None
 
 
-def _request(state: StreamState, rows: list[InFlight], tick: int, past: PastKV | None, pc: list[int]) -> PassRequest:
+def _request(state: StreamState, rows: list[InFlight], tick: int, slots: list[int], pc: list[int]) -> PassRequest:
     cfg, cf = state.cfg, state.latent_shape[1]
     assert state.x is not None
-    chunks = [r.chunk for r in rows]
-    return PassRequest(
-        x=state.x,
-        t=_table(state, rows).t,
+    chunks, table = [r.chunk for r in rows], _table(state, rows)
+    x = state.x
+    if cfg.context_noise and table.final:
+        x = _noised_context(state, x, table.final)
+    req = PassRequest(
+        x=x,
+        t=table.t,
         pos=state.plan.row_positions(chunks, tick),
         frame_chunk=chunks if cf == 1 else [c for c in chunks for _ in range(cf)],
         cross=_cross(state, rows),
-        past=past,
+        past=_past(state.ring, slots),
         past_chunk=pc,
         sinks=cfg.sink_chunks,
         window=cfg.window_chunks,
     )
+    if state.null_ring is not None:  # guided: the same frames under the empty prompt, from its own cache
+        uncond = dataclasses.replace(req, cross=_null_cross(state, x.shape[2]), past=_past(state.null_ring, slots))
+        req.guidance, req.uncond = cfg.guidance, uncond
+    return req
+
+
+def _noised_context(state: StreamState, x: Tensor, final: int) -> Tensor:
+    """x (1, C, F, H, W) with the first `final` chunks (at their clean pass) noised to `context_noise`:
+    (1 - s) * x + s * noise, one draw per chunk from the stream's context generator, oldest first (the
+    order both schedules reach clean passes in). The row's own latents are left as they are."""
+    s, cf, gen = state.cfg.context_noise, state.latent_shape[1], state.context_generator
+    assert gen is not None
+    noise = torch.cat([noise_like((1, *state.latent_shape), gen, dtype=torch.float32) for _ in range(final)], 2)
+    head = x[:, :, : final * cf]
+    noised = add_noise(head, noise.to(head.device, head.dtype), s)
+    return torch.cat([noised, x[:, :, final * cf :]], 2)
+
+
+def _null_cross(state: StreamState, frames: int) -> CrossKV:
+    """The empty prompt's condition over `frames` frames (L, 1, F, T, h, hd), a cached view."""
+    null = state.null
+    assert null is not None, "a guided stream is created with the empty prompt's condition"
+    if state.null_cross is None or state.null_cross[0] != frames:
+        mod = None if null.mod is None else _expand_mod(null.mod, frames)
+        state.null_cross = (frames, CrossKV(_expand(null.k, frames), _expand(null.v, frames), mod))
+    return state.null_cross[1]
 
 
 def _cross(state: StreamState, rows: list[InFlight]) -> CrossKV:

@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from framecast.errors import InputError
 from framecast.models.config import DiTConfig
 from framecast.models.dit import CrossKV
 from framecast.sampling.flow import sigmas
 from framecast.stream.cache import RingKV, staging_slots
 from framecast.stream.config import StreamConfig
 from framecast.stream.positions import PositionPlan
+
+CONTEXT_SEED = 0x5EED  # the clean pass's noise comes from its own generator, seeded seed + this
 
 
 @dataclass
@@ -86,21 +89,39 @@ class StreamState:
     cross: tuple[Condition, int, CrossKV] | None = None  # the last (condition, F, its per-frame view)
     inputs: deque[ChunkInput] = field(default_factory=deque)  # video to video: inputs of the next chunks, in order
     schedules: dict[float, Tensor] = field(default_factory=dict)  # (steps + 1,) noise levels by start strength < 1
+    null: Condition | None = None  # the empty prompt's condition: the unconditional row of guidance
+    null_ring: RingKV | None = None  # guided: the unconditional row's own cache (same slots as `ring`)
+    null_cross: tuple[int, CrossKV] | None = None  # (F, its per-frame view) of `null`
+    context_generator: torch.Generator | None = None  # noise of the clean pass (`StreamConfig.context_noise`)
 
     @classmethod
     def create(
-        cls, model_cfg: DiTConfig, cfg: StreamConfig, seed: int, dtype: torch.dtype, device: torch.device
+        cls,
+        model_cfg: DiTConfig,
+        cfg: StreamConfig,
+        seed: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        null: Condition | None = None,
     ) -> StreamState:
+        """A new stream; `null` (the empty prompt's condition) is required when `cfg.guided`."""
+        if cfg.guided and null is None:
+            raise InputError("a guided stream (guidance != 1) needs the empty prompt's condition")
         mc = model_cfg
         tokens = mc.chunk_frames * mc.tokens_per_frame
         stage = [] if cfg.batch_steps else staging_slots(cfg.final_pass)
-        ring = RingKV.empty(
-            mc.num_layers, cfg.sink_chunks, cfg.window_chunks, tokens, mc.num_heads, mc.head_dim, dtype, device, stage
-        )
+        dims = (mc.num_layers, cfg.sink_chunks, cfg.window_chunks, tokens, mc.num_heads, mc.head_dim, dtype, device)
+        ring = RingKV.empty(*dims, stage)
         gen = torch.Generator().manual_seed(seed)  # on the CPU: the same seed gives the same noise on any device
         shape = (mc.in_channels, mc.chunk_frames, mc.latent_height, mc.latent_width)
-        return cls(cfg, PositionPlan(cfg, mc.chunk_frames, device), ring, gen, sigmas(cfg.steps, cfg.shift), shape)
+        ctx = torch.Generator().manual_seed(seed + CONTEXT_SEED) if cfg.context_noise else None
+        plan = PositionPlan(cfg, mc.chunk_frames, device)
+        null_ring = RingKV.empty(*dims, list(stage)) if cfg.guided else None
+        return cls(
+            cfg, plan, ring, gen, sigmas(cfg.steps, cfg.shift), shape,
+            null=null, null_ring=null_ring, context_generator=ctx,
+        )  # fmt: skip
 
     def memory_bytes(self) -> int:
-        """Bytes of cached keys/values (ring plus staging), the part of a stream that scales with the model."""
-        return self.ring.nbytes()
+        """Bytes of cached keys/values (ring and staging; twice when guided): the part that scales with the model."""
+        return self.ring.nbytes() + (self.null_ring.nbytes() if self.null_ring is not None else 0)

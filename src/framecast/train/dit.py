@@ -11,6 +11,9 @@ chunk replay its warm-up, the others train only their sink group (which attends 
 the text is the only source of the picture, so these samples are what teaches the model to follow the
 prompt. The loss is a mean per sample, so a fresh sample counts as much as one with eleven noisy groups.
 
+A share `text_drop` of the samples sees the empty prompt instead of its captions, which teaches the
+unconditional velocity that classifier-free guidance needs (`StreamConfig.guidance`).
+
 Within a group, latent cells on objects weigh `1 + object_weight` times a background cell: objects cover a
 few percent of a frame, and with a plain mean a model that lets them fade loses almost nothing.
 """
@@ -46,6 +49,7 @@ class DiTTrainConfig:
     window_chunks: int = 6
     sink_chunks: int = 1
     object_weight: float = 6.0  # extra loss weight of latent cells on objects (0: a plain mean)
+    text_drop: float = 0.1  # share of samples trained on the empty prompt: the unconditional branch of guidance
 
 
 def stream_levels(rng: np.random.Generator, groups: int, shift: float) -> np.ndarray:
@@ -154,6 +158,18 @@ def take(data: dict[str, Tensor], rng: np.random.Generator, batch: int) -> dict[
     rows, out["text_index"] = torch.unique(data["caption_index"][idx], return_inverse=True)  # (U,), (B, G)
     out["text"] = data["captions"][rows]  # (U, T, D)
     return out
+
+
+def drop_text(batch: dict[str, Tensor], null: Tensor, rng: np.random.Generator, p: float) -> dict[str, Tensor]:
+    """Give a share `p` of the samples the empty prompt's embedding null (1, T, D) in every group, so that
+    the model also learns the unconditional velocity that classifier-free guidance subtracts."""
+    drop = torch.from_numpy(rng.random(batch["text_index"].shape[0]) < p)  # (B,)
+    if not bool(drop.any()):
+        return batch
+    text = torch.cat([batch["text"], null.to(batch["text"])])  # (U + 1, T, D)
+    index = batch["text_index"].clone()
+    index[drop] = text.shape[0] - 1
+    return {**batch, "text": text, "text_index": index}
 
 
 def new_model(cfg: DiTTrainConfig, seed: int) -> CausalWanDiT:

@@ -1,10 +1,10 @@
 """The stages end to end: autoencoder -> latent dataset -> DiT -> a model folder the pipeline loads.
 
-    out/
-      autoencoder/{checkpoint,autoencoder}/    stage 1
-      latents/shard_*.safetensors              stage 2
-      dit/checkpoint/, dit/samples/*.mp4       stage 3
-      model/                                   framecast.json, dit/, autoencoder/ (load with --model out/model)
+out/
+  autoencoder/{checkpoint,autoencoder}/    stage 1
+  latents/shard_*.safetensors              stage 2
+  dit/checkpoint/, dit/samples/*.mp4       stage 3
+  model/                                   framecast.json, dit/, autoencoder/ (load with --model out/model)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_enco
 from framecast.pipeline import Pipeline, PipelineConfig
 from framecast.train.autoencoder import AETrainConfig, finetune_decoder, train_autoencoder
 from framecast.train.checkpoint import TrainState
-from framecast.train.dit import DiTTrainConfig, flow_loss, new_model, take
+from framecast.train.dit import DiTTrainConfig, drop_text, flow_loss, new_model, take
 from framecast.train.latents import LatentDataConfig, build_latents, load_latents
 from framecast.train.loop import new_state, resume, train
 
@@ -70,9 +70,14 @@ def stage_dit(
     if resume_run:
         resume(ts, out / "dit" / "checkpoint")
 
+    null = text.encode([""]).float()  # (1, T, D): the empty prompt, the unconditional branch of guidance
+
     def loss_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
         assert isinstance(model, CausalWanDiT)
-        return flow_loss(model, take(data, rng, cfg.dit.batch), rng, cfg.dit)
+        batch = take(data, rng, cfg.dit.batch)
+        if cfg.dit.text_drop > 0:
+            batch = drop_text(batch, null, rng, cfg.dit.text_drop)
+        return flow_loss(model, batch, rng, cfg.dit)
 
     def on_checkpoint(s: TrainState) -> dict[str, float]:
         return write_samples(s, out / "dit" / "samples", ae, text, cfg)
