@@ -44,8 +44,10 @@ def test_suite_runs_end_to_end_on_a_tiny_random_model() -> None:
     cfg = tiny_config(latent_height=4, latent_width=4, chunk_frames=1)
     ae = TinyAutoencoder(AutoencoderConfig(latent_channels=cfg.in_channels, width=8, spatial_factor=8))
     pipe = Pipeline(CausalWanDiT(cfg), ae, RandomTextEncoder(cfg.text_dim))
-    s = EvalSettings(0.5, 1, drift_seconds=2.0, drift_window=0.5, switch_before=0.5, switch_after=0.5, triples=3)
+    guided = {"guidance": 2.0, "context_noise": 0.1}
+    s = EvalSettings(0.5, 1, 2.0, 0.5, 0.5, 0.5, stream=guided, triples=3)
     result = run_eval(pipe, s)
+    assert {k: result.settings["stream_config"][k] for k in guided} == guided  # the streams ran guided
     assert result.adherence["clips"] == 3 and 0.0 <= result.adherence["color"] <= 1.0
     assert set(result.drift) >= {"first_color", "last_color", "drop_points"}
     assert result.switch["switches"] == 4

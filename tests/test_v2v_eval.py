@@ -96,3 +96,10 @@ def test_cli_eval_v2v_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixtur
     _fails(["eval-v2v", "--random-weights", "--strength", "2"], capsys, "strength")
     _fails(["eval-v2v", "--random-weights", "--json", str(tmp_path / "no" / "x.json")], capsys, "does not exist")
     _fails(["eval-v2v", "--model", str(tmp_path)], capsys, "framecast.json")
+
+
+def test_settings_pass_sampling_overrides_only_when_set() -> None:
+    assert V2VEvalSettings().overrides() == {}
+    assert V2VEvalSettings(steps=2, guidance=3.0, context_noise=0.1).overrides() == {
+        "steps": 2, "guidance": 3.0, "context_noise": 0.1,
+    }  # fmt: skip

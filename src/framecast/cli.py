@@ -286,6 +286,7 @@ def _eval_v2v_args(e: argparse.ArgumentParser) -> None:
                    help="let similar input chunks skip the model (default: on)")
     e.add_argument("--live-seconds", type=float, default=4.0, help="length of the real-time run, 0 for none")
     e.add_argument("--seed", type=int, default=0)
+    _sampling_args(e)
     _model_args(e)
 
 
@@ -297,7 +298,9 @@ def _eval_v2v(a: argparse.Namespace) -> None:
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
     if a.clips < 1 or not a.seconds > 0 or not a.live_seconds >= 0:
         raise InputError("--clips and --seconds must be positive, --live-seconds 0 or more")
-    settings = V2VEvalSettings(a.clips, a.seconds, a.strength, a.steps, a.skip_similar, a.live_seconds, a.seed)
+    settings = V2VEvalSettings(
+        a.clips, a.seconds, a.strength, a.steps, a.skip_similar, a.live_seconds, a.seed, a.guidance, a.context_noise
+    )
     settings.v2v()  # validate the strength before the model loads
     pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
     pipe.stream_config(**settings.overrides())

@@ -155,7 +155,8 @@ def switches(pipe: Pipeline, s: EvalSettings, progress: Progress) -> dict[str, f
 def run_eval(pipe: Pipeline, s: EvalSettings | None = None, progress: Progress = lambda _: None) -> EvalResult:
     s = s or EvalSettings()
     adh, clips = adherence(pipe, s, progress)
-    return EvalResult(adh, temporal(pipe, clips), drift(pipe, s, progress), switches(pipe, s, progress), asdict(s))
+    settings = {**asdict(s), "stream_config": asdict(pipe.stream_config(**s.stream))}  # what the streams ran with
+    return EvalResult(adh, temporal(pipe, clips), drift(pipe, s, progress), switches(pipe, s, progress), settings)
 
 
 def format_table(r: EvalResult) -> str:
