@@ -308,3 +308,15 @@ def test_drop_text_gives_some_samples_the_empty_prompt() -> None:
     torch.testing.assert_close(out["text"][3], null[0])
     torch.testing.assert_close(out["text_index"][~dropped], index[~dropped])
     assert drop_text({"text": text, "text_index": index}, null, np.random.default_rng(0), 0.0)["text"] is text
+
+
+def test_steady_groups_show_objects_at_the_steady_size() -> None:
+    """The decoder stage's extra groups: frames of steady scenes, every object at STEADY_SIZE."""
+    from framecast.train.data import STEADY_SIZE, steady_groups
+    from framecast.world import detect_objects
+
+    x = steady_groups(step_rng(5, 0), 3, 4, 64, 64)
+    assert x.shape == (3, 3, 4, 64, 64) and x.min() >= -1 and x.max() <= 1
+    frames = ((x[:, :, 0].permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()
+    sizes = [max(d.bbox[2] - d.bbox[0], d.bbox[3] - d.bbox[1]) for f in frames for d in detect_objects(f)]
+    assert sizes and all(abs(s - STEADY_SIZE) <= 3 for s in sizes)

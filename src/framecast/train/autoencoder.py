@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, save_autoencoder, with_decoder_context
-from framecast.train.data import frame_groups
+from framecast.train.data import frame_groups, steady_groups
 from framecast.train.loop import LoopConfig, new_state, resume, step_rng, train
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class AETrainConfig:
     latent_penalty: float = 1e-4
     object_weight: float = 8.0  # extra loss weight of pixels that differ from their row's background
     decoder_lr: float = 3e-4  # the decoder-only stage (`finetune_decoder`)
+    decoder_steady: float = 0.5  # share of its batches from steady scenes: the sizes and speeds the DiT draws
+    decoder_object_weight: float = 16.0  # its object weight: small stars' points need the sharper edges
 
 
 def object_mask(x: Tensor, threshold: float = 0.15) -> Tensor:
@@ -128,6 +130,25 @@ def _loss_fn(cfg: AETrainConfig) -> Callable[[nn.Module, np.random.Generator, in
     return loss_fn
 
 
+LossFn = Callable[[nn.Module, np.random.Generator, int], tuple[Tensor, dict[str, float]]]
+
+
+def _decoder_loss_fn(cfg: AETrainConfig) -> LossFn:
+    """The decoder stage's loss: pooled groups plus a share of steady-scene groups, heavier object weight."""
+    tuned = replace(cfg, object_weight=cfg.decoder_object_weight)
+    n_steady = round(cfg.batch * cfg.decoder_steady)
+
+    def loss_fn(model: nn.Module, rng: np.random.Generator, step: int) -> tuple[Tensor, dict[str, float]]:
+        assert isinstance(model, TinyAutoencoder)
+        frames = _frames(model.config)
+        parts = [frame_groups(rng, cfg.batch - n_steady, frames, cfg.height, cfg.width)]
+        if n_steady:
+            parts.append(steady_groups(rng, n_steady, frames, cfg.height, cfg.width))
+        return reconstruction_loss(model, torch.cat(parts), tuned)
+
+    return loss_fn
+
+
 def train_autoencoder(out: Path, cfg: AETrainConfig, resume_run: bool = True) -> TinyAutoencoder:
     """Train, checkpointing to `out/checkpoint`; the EMA model with latent statistics goes to `out/autoencoder`."""
     torch.manual_seed(cfg.loop.seed)
@@ -149,7 +170,8 @@ def finetune_decoder(
     """Train the decoder alone for `steps` steps (checkpoints in `out/checkpoint`, result in `out/autoencoder`).
 
     The encoder and the latent statistics stay as they are, so latents encoded before (and a DiT trained on
-    them) stay valid: this stage can sharpen the decoding of shapes after the DiT's data exists. When
+    them) stay valid: this stage can sharpen the decoding of shapes after the DiT's data exists. Its batches
+    mix pooled groups with steady-scene groups (`decoder_steady`) under a heavier object weight. When
     `cfg.model` asks for a decoder that sees the previous latent frame and `ae` has none, it gets one first
     (`with_decoder_context`: it starts out decoding exactly as before).
     """
@@ -160,7 +182,7 @@ def finetune_decoder(
     ts = new_state(ae, loop)  # AdamW skips the frozen encoder: its parameters never get a gradient
     if resume_run:
         resume(ts, out / "checkpoint")
-    train(ts, loop, _loss_fn(cfg), out / "checkpoint", lambda s: evaluate(s.ema, cfg), desc="decoder")
+    train(ts, loop, _decoder_loss_fn(cfg), out / "checkpoint", lambda s: evaluate(s.ema, cfg), desc="decoder")
     tuned = ts.ema
     assert isinstance(tuned, TinyAutoencoder)
     save_autoencoder(tuned, out / "autoencoder")

@@ -56,6 +56,15 @@ def frame_groups(rng: np.random.Generator, batch: int, frames: int, height: int,
     return to_pixels(np.stack(out))
 
 
+def steady_groups(rng: np.random.Generator, batch: int, frames: int, height: int, width: int) -> Tensor:
+    """`batch` random groups of `frames` frames of steady training scenes (what the DiT learns to draw)."""
+    out = []
+    for _ in range(batch):
+        scene = steady(sample_scene(int(rng.integers(2**31)), "train", height=height, width=width))
+        out.append(render(scene, int(rng.integers(MAX_START)), frames))
+    return to_pixels(np.stack(out))
+
+
 @dataclass
 class Sample:
     """One DiT training sample: a sink group then a window of groups further on, with a caption per group.
