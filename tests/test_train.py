@@ -20,6 +20,8 @@ from framecast.train.dit import (
     drop_text,
     flow_loss,
     new_model,
+    per_group_cross,
+    recycle_context,
     stream_levels,
     take,
     warmup_levels,
@@ -320,3 +322,21 @@ def test_steady_groups_show_objects_at_the_steady_size() -> None:
     frames = ((x[:, :, 0].permute(0, 2, 3, 1) + 1) * 127.5).round().byte().numpy()
     sizes = [max(d.bbox[2] - d.bbox[0], d.bbox[3] - d.bbox[1]) for f in frames for d in detect_objects(f)]
     assert sizes and all(abs(s - STEADY_SIZE) <= 3 for s in sizes)
+
+
+def test_recycled_context_replaces_chosen_samples_only(tmp_path: Path) -> None:
+    """Chosen samples get the model's one-step estimate (not the truth); the others keep their latents; a
+    loss with recycling still trains."""
+    batch = take(_latents(tmp_path), np.random.default_rng(0), 6)
+    model, cfg = new_model(DIT_CFG, 0), replace(DIT_CFG, recycle=0.5)
+    x0 = batch["latents"].transpose(1, 2)  # (B, C, G, h, w)
+    G = x0.shape[2]
+    cross = per_group_cross(model, batch["text"], batch["text_index"])
+    mask = attention_mask(G, model.config.tokens_per_frame, cfg)
+    out = recycle_context(model, x0, cross, mask, batch, np.random.default_rng(1), cfg)
+    changed = [(out[b] - x0[b]).abs().max().item() > 1e-4 for b in range(6)]
+    chosen = list(np.random.default_rng(1).random(6) < 0.5)
+    assert changed == chosen and any(chosen) and not all(chosen)
+    loss = flow_loss(model, batch, np.random.default_rng(2), replace(cfg, recycle=1.0))[0]
+    loss.backward()
+    assert torch.isfinite(loss) and model.head.head.weight.grad is not None

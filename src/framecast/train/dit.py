@@ -14,6 +14,9 @@ prompt. The loss is a mean per sample, so a fresh sample counts as much as one w
 A share `text_drop` of the samples sees the empty prompt instead of its captions, which teaches the
 unconditional velocity that classifier-free guidance needs (`StreamConfig.guidance`).
 
+A share `recycle` of the samples reads, in place of its clean context groups, the model's own one-step
+estimate of them from a noised copy (error recycling): at inference the context is the model's own output.
+
 Within a group, latent cells on objects weigh `1 + object_weight` times a background cell: objects cover a
 few percent of a frame, and with a plain mean a model that lets them fade loses almost nothing.
 """
@@ -50,6 +53,8 @@ class DiTTrainConfig:
     sink_chunks: int = 1
     object_weight: float = 6.0  # extra loss weight of latent cells on objects (0: a plain mean)
     text_drop: float = 0.1  # share of samples trained on the empty prompt: the unconditional branch of guidance
+    recycle: float = 0.0  # share of samples whose clean context is the model's own estimate (see `recycle_context`)
+    recycle_levels: tuple[float, float] = (0.2, 0.6)  # noise levels the estimate is made from
 
 
 def stream_levels(rng: np.random.Generator, groups: int, shift: float) -> np.ndarray:
@@ -141,6 +146,9 @@ def flow_loss(
     xt = (1 - s) * x0 + s * noise
     mask = attention_mask(G, model.config.tokens_per_frame, cfg)
     cross = per_group_cross(model, batch["text"], batch["text_index"])
+    if cfg.recycle > 0:  # clean context groups (level 0) read the model's own estimate in some samples
+        clean = sigma[:, None, :, None, None] == 0
+        xt = torch.where(clean, recycle_context(model, x0, cross, mask, batch, rng, cfg), xt)
     out = model(xt, sigma * 1000.0, batch["positions"], cross, None, mask)
     cell = 1.0 + cfg.object_weight * batch["objects"]  # (B, G, h, w)
     sq = (out.velocity.float() - (noise - x0)).pow(2).mean(dim=1)  # (B, G, h, w)
@@ -148,6 +156,29 @@ def flow_loss(
     per_sample = (err * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B,)
     loss = per_sample.sum() / (weight.sum(1) > 0).sum().clamp_min(1)
     return loss, {"loss": loss.item()}
+
+
+@torch.no_grad()
+def recycle_context(
+    model: CausalWanDiT, x0: Tensor, cross: CrossKV, mask: Tensor, batch: dict[str, Tensor],
+    rng: np.random.Generator, cfg: DiTTrainConfig,
+) -> Tensor:  # fmt: skip
+    """x0 (B, C, G, h, w) with a share `cfg.recycle` of the samples replaced by the model's own one-step estimate
+    from a noised copy (a level per sample from `recycle_levels`): the imperfect, slightly blurred context a
+    stream reads back from its own output. Used for the clean context groups only; the targets stay true,
+    so the model learns to draw the next chunk sharp from a context that is not."""
+    rows = torch.from_numpy(np.flatnonzero(rng.random(x0.shape[0]) < cfg.recycle))
+    if not len(rows):
+        return x0
+    level = torch.from_numpy(rng.uniform(*cfg.recycle_levels, size=len(rows))).float()  # (R,)
+    s = level[:, None, None, None, None]
+    xt = (1 - s) * x0[rows] + s * torch.randn_like(x0[rows])
+    sub = CrossKV(cross.k[:, rows], cross.v[:, rows], None if cross.mod is None else cross.mod[rows])
+    t = (level[:, None] * 1000.0).expand(-1, x0.shape[2])  # (R, G)
+    velocity = model(xt, t, batch["positions"][rows], sub, None, mask).velocity.float()
+    out = x0.clone()
+    out[rows] = xt - s * velocity  # x0 = x_s - s * v
+    return out
 
 
 def take(data: dict[str, Tensor], rng: np.random.Generator, batch: int) -> dict[str, Tensor]:
