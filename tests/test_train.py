@@ -226,6 +226,8 @@ def test_train_command_rejects_bad_input_in_one_line(tmp_path: Path, capsys: pyt
     blocker.write_text("x")
     assert main(["train", "--out", str(blocker / "run")]) == 2
     assert "cannot create the run folder" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r2"), "--recycle", "1.5"]) == 2
+    assert "--recycle" in capsys.readouterr().err and not (tmp_path / "r2").exists()
 
 
 def test_object_mask_covers_objects_not_background() -> None:

@@ -140,6 +140,8 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--dit-steps", type=int, default=10000, help="DiT steps (default: 10000)")
     t.add_argument("--samples", type=int, default=8000, help="clips in the latent dataset (default: 8000)")
     t.add_argument("--batch", type=int, default=16, help="DiT batch size (default: 16)")
+    t.add_argument("--recycle", type=float, default=0.0,
+                   help="share of DiT samples whose clean context is the model's own estimate (default: 0)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--stop-after", choices=("autoencoder", "latents", "dit"), default="dit")
@@ -239,6 +241,8 @@ def _train(a: argparse.Namespace) -> None:
     for name in ("ae_steps", "dit_steps", "samples", "batch"):
         if getattr(a, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
+    if not 0.0 <= a.recycle <= 1.0:
+        raise InputError(f"--recycle must be between 0 and 1, got {a.recycle}")
     try:
         a.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -246,7 +250,7 @@ def _train(a: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if a.decoder_steps < 0:
         raise InputError(f"--decoder-steps must be 0 or more, got {a.decoder_steps}")
-    cfg = run_config(a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads, a.decoder_steps)
+    cfg = run_config(a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads, a.decoder_steps, a.recycle)
     folder = train_all(a.out, cfg, resume_run=not a.fresh, stop_after=a.stop_after)
     print(f"framecast: {a.stop_after} stage done in {folder}", file=sys.stderr)
 

@@ -111,12 +111,20 @@ def write_samples(
 
 
 def run_config(
-    ae_steps: int, dit_steps: int, samples: int, batch: int, seed: int, threads: int, decoder_steps: int = 0
+    ae_steps: int,
+    dit_steps: int,
+    samples: int,
+    batch: int,
+    seed: int,
+    threads: int,
+    decoder_steps: int = 0,
+    recycle: float = 0.0,
 ) -> RunConfig:
     """The recipe of the built-in model with the command line's sizes."""
     base = replace(RunConfig(), decoder_steps=decoder_steps)
     ae = replace(base.autoencoder, loop=replace(base.autoencoder.loop, steps=ae_steps, seed=seed))
-    dit = replace(base.dit, batch=batch, loop=replace(base.dit.loop, steps=dit_steps, seed=seed))
+    dit_loop = replace(base.dit.loop, steps=dit_steps, seed=seed)
+    dit = replace(base.dit, batch=batch, recycle=recycle, loop=dit_loop)
     return replace(base, autoencoder=ae, dit=dit, latents=replace(base.latents, samples=samples), threads=threads)
 
 
