@@ -100,6 +100,6 @@ def test_cli_eval_v2v_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 def test_settings_pass_sampling_overrides_only_when_set() -> None:
     assert V2VEvalSettings().overrides() == {}
-    assert V2VEvalSettings(steps=2, guidance=3.0, context_noise=0.1).overrides() == {
+    assert V2VEvalSettings(steps=2, stream={"guidance": 3.0, "context_noise": 0.1}).overrides() == {
         "steps": 2, "guidance": 3.0, "context_noise": 0.1,
     }  # fmt: skip

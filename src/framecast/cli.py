@@ -303,7 +303,7 @@ def _eval_v2v(a: argparse.Namespace) -> None:
     if a.clips < 1 or not a.seconds > 0 or not a.live_seconds >= 0:
         raise InputError("--clips and --seconds must be positive, --live-seconds 0 or more")
     settings = V2VEvalSettings(
-        a.clips, a.seconds, a.strength, a.steps, a.skip_similar, a.live_seconds, a.seed, a.guidance, a.context_noise
+        a.clips, a.seconds, a.strength, a.steps, a.skip_similar, a.live_seconds, a.seed, _sampling_overrides(a)
     )
     settings.v2v()  # validate the strength before the model loads
     pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)

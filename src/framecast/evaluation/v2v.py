@@ -44,16 +44,14 @@ class V2VEvalSettings:
     skip_similar: bool = True
     live_seconds: float = 4.0  # 0: no live run
     seed: int = 0
-    guidance: float | None = None  # None: the model's
-    context_noise: float | None = None
+    stream: dict[str, Any] = field(default_factory=dict)  # more StreamConfig overrides (guidance, ...)
 
     def v2v(self) -> V2VConfig:
         motion = MotionConfig() if self.strength is None else MotionConfig(enabled=False, fixed=self.strength)
         return V2VConfig(motion, SimilarityConfig(enabled=self.skip_similar))
 
     def overrides(self) -> dict[str, Any]:
-        named = {"steps": self.steps, "guidance": self.guidance, "context_noise": self.context_noise}
-        return {k: v for k, v in named.items() if v is not None}
+        return {**self.stream, **({} if self.steps is None else {"steps": self.steps})}
 
 
 @dataclass

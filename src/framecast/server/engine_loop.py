@@ -368,4 +368,4 @@ def _cond(lv: Live) -> Callable[[], Condition]:
 
 def _units(state: StreamState) -> int:
     """Chunks of one stream's next pass (the stream batch admits one chunk a pass); twice when guided."""
-    return (len(state.inflight) + 1) * (2 if state.cfg.guided else 1)
+    return (len(state.inflight) + 1) * state.cfg.rows

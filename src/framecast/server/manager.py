@@ -254,7 +254,7 @@ class SessionManager:
     # -- admission ----------------------------------------------------------------------------------
     def _demand(self, fps: float, steps: int) -> Demand:
         cfg = self.pipeline.stream_config(steps=steps)
-        units = (cfg.final_pass + 1) * (2 if cfg.guided else 1)  # chunks in flight in one row (two when guided)
+        units = (cfg.final_pass + 1) * cfg.rows  # chunks in flight in one row, times its rows
         return Demand(fps / self.pipeline.frames_per_chunk, units)
 
     def _load_with(self, new: Demand | None, replacing: Session | None) -> float:

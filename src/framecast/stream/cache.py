@@ -81,6 +81,10 @@ class RingKV:
         if not self.full:
             self.full = min(self.chunks) >= 0
 
+    def ring_slots(self) -> list[int]:
+        """Every ring slot in order (`gather` of these is `ring_view`); do not modify."""
+        return self._ring_slots
+
     def ring_view(self) -> PastKV:
         """Keys/values of the whole ring in slot order as one batch row (L, 1, S * N, h, hd): a view."""
         return self._ring_view

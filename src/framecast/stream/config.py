@@ -66,6 +66,11 @@ class StreamConfig:
         return self.guidance != 1.0
 
     @property
+    def rows(self) -> int:
+        """Batch rows a pass of this stream takes: two when guided (the empty prompt's row), else one."""
+        return 2 if self.guided else 1
+
+    @property
     def final_pass(self) -> int:
         """Index of the pass whose keys/values a chunk leaves in the cache."""
         return self.steps if self.clean_pass else self.steps - 1

@@ -170,7 +170,7 @@ def _ring_slots(state: StreamState, newest: int) -> tuple[list[int], list[int]]:
     """Filled ring slots with chunk <= newest, and their chunks."""
     ring, chunks = state.ring, state.ring.chunks
     if ring.full and ring.last <= newest:  # the stream batch in steady state: the whole ring (a view)
-        return list(range(len(chunks))), list(chunks)
+        return ring.ring_slots(), list(chunks)
     slots = [s for s, c in enumerate(chunks) if 0 <= c <= newest]
     return slots, [chunks[s] for s in slots]
 

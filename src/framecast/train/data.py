@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,20 +50,19 @@ def to_pixels(frames: np.ndarray) -> Tensor:
 
 def frame_groups(rng: np.random.Generator, batch: int, frames: int, height: int, width: int) -> Tensor:
     """`batch` random groups of `frames` consecutive frames of training scenes: (B, 3, frames, H, W)."""
-    out = []
-    for _ in range(batch):
-        scene = pooled_scene(int(rng.integers(SCENE_POOL)), height, width)
-        out.append(render(scene, int(rng.integers(MAX_START)), frames))
-    return to_pixels(np.stack(out))
+    return _render_groups(rng, batch, frames, lambda: pooled_scene(int(rng.integers(SCENE_POOL)), height, width))
+
+
+def _render_groups(rng: np.random.Generator, batch: int, frames: int, pick: Callable[[], Scene]) -> Tensor:
+    """`batch` groups of `frames` frames, each of a scene from `pick` at a random time: (B, 3, frames, H, W)."""
+    return to_pixels(np.stack([render(pick(), int(rng.integers(MAX_START)), frames) for _ in range(batch)]))
 
 
 def steady_groups(rng: np.random.Generator, batch: int, frames: int, height: int, width: int) -> Tensor:
     """`batch` random groups of `frames` frames of steady training scenes (what the DiT learns to draw)."""
-    out = []
-    for _ in range(batch):
-        scene = steady(sample_scene(int(rng.integers(2**31)), "train", height=height, width=width))
-        out.append(render(scene, int(rng.integers(MAX_START)), frames))
-    return to_pixels(np.stack(out))
+    return _render_groups(
+        rng, batch, frames, lambda: steady(sample_scene(int(rng.integers(2**31)), "train", height=height, width=width))
+    )
 
 
 @dataclass

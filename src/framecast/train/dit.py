@@ -171,8 +171,8 @@ def recycle_context(
     if not len(rows):
         return x0
     level = torch.from_numpy(rng.uniform(*cfg.recycle_levels, size=len(rows))).float()  # (R,)
-    s = level[:, None, None, None, None]
-    xt = (1 - s) * x0[rows] + s * torch.randn_like(x0[rows])
+    s, chosen = level[:, None, None, None, None], x0[rows]
+    xt = (1 - s) * chosen + s * torch.randn_like(chosen)
     sub = CrossKV(cross.k[:, rows], cross.v[:, rows], None if cross.mod is None else cross.mod[rows])
     t = (level[:, None] * 1000.0).expand(-1, x0.shape[2])  # (R, G)
     velocity = model(xt, t, batch["positions"][rows], sub, None, mask).velocity.float()

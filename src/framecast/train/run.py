@@ -1,10 +1,10 @@
 """The stages end to end: autoencoder -> latent dataset -> DiT -> a model folder the pipeline loads.
 
-out/
-  autoencoder/{checkpoint,autoencoder}/    stage 1
-  latents/shard_*.safetensors              stage 2
-  dit/checkpoint/, dit/samples/*.mp4       stage 3
-  model/                                   framecast.json, dit/, autoencoder/ (load with --model out/model)
+    out/
+      autoencoder/{checkpoint,autoencoder}/    stage 1
+      latents/shard_*.safetensors              stage 2
+      dit/checkpoint/, dit/samples/*.mp4       stage 3
+      model/                                   framecast.json, dit/, autoencoder/ (load with --model out/model)
 """
 
 from __future__ import annotations
