@@ -142,6 +142,9 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--batch", type=int, default=16, help="DiT batch size (default: 16)")
     t.add_argument("--recycle", type=float, default=0.0,
                    help="share of DiT samples whose clean context is the model's own estimate (default: 0)")
+    t.add_argument("--edit-samples", type=int, default=0,
+                   help="edit pairs (a clip and the clip restyled) that teach video to video (default: 0, none)")
+    t.add_argument("--edit-batch", type=int, default=4, help="edit pairs per DiT step besides --batch (default: 4)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--stop-after", choices=("autoencoder", "latents", "dit"), default="dit")
@@ -243,6 +246,8 @@ def _train(a: argparse.Namespace) -> None:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
     if not 0.0 <= a.recycle <= 1.0:
         raise InputError(f"--recycle must be between 0 and 1, got {a.recycle}")
+    if a.edit_samples < 0 or a.edit_batch < 1:
+        raise InputError(f"--edit-samples must be 0 or more, --edit-batch positive: {a.edit_samples}, {a.edit_batch}")
     try:
         a.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -250,7 +255,10 @@ def _train(a: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if a.decoder_steps < 0:
         raise InputError(f"--decoder-steps must be 0 or more, got {a.decoder_steps}")
-    cfg = run_config(a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads, a.decoder_steps, a.recycle)
+    cfg = run_config(
+        a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads, a.decoder_steps, a.recycle,
+        a.edit_samples, a.edit_batch,
+    )
     folder = train_all(a.out, cfg, resume_run=not a.fresh, stop_after=a.stop_after)
     print(f"framecast: {a.stop_after} stage done in {folder}", file=sys.stderr)
 

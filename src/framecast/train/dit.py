@@ -33,7 +33,11 @@ from framecast.engine.batch import visible
 from framecast.models.config import DiTConfig, preset
 from framecast.models.dit import CausalWanDiT, CrossKV
 from framecast.sampling.flow import shift_sigma, sigmas
+from framecast.train.edit import edit_inputs
 from framecast.train.loop import LoopConfig
+
+SAMPLE_KEYS = ("latents", "positions", "objects")
+EDIT_KEYS = (*SAMPLE_KEYS, "source")
 
 
 def default_model() -> DiTConfig:
@@ -55,6 +59,8 @@ class DiTTrainConfig:
     text_drop: float = 0.1  # share of samples trained on the empty prompt: the unconditional branch of guidance
     recycle: float = 0.0  # share of samples whose clean context is the model's own estimate (see `recycle_context`)
     recycle_levels: tuple[float, float] = (0.2, 0.6)  # noise levels the estimate is made from
+    edit_batch: int = 0  # edit pairs per step besides `batch` (see train/edit.py); 0: none
+    edit_strength: tuple[float, float] = (0.5, 0.95)  # video-to-video strengths the edit pairs start from
 
 
 def stream_levels(rng: np.random.Generator, groups: int, shift: float) -> np.ndarray:
@@ -150,12 +156,30 @@ def flow_loss(
         clean = sigma[:, None, :, None, None] == 0
         xt = torch.where(clean, recycle_context(model, x0, cross, mask, batch, rng, cfg), xt)
     out = model(xt, sigma * 1000.0, batch["positions"], cross, None, mask)
-    cell = 1.0 + cfg.object_weight * batch["objects"]  # (B, G, h, w)
-    sq = (out.velocity.float() - (noise - x0)).pow(2).mean(dim=1)  # (B, G, h, w)
+    loss = weighted_error(out.velocity.float(), noise - x0, batch["objects"], weight, cfg)
+    return loss, {"loss": loss.item()}
+
+
+def weighted_error(velocity: Tensor, target: Tensor, objects: Tensor, weight: Tensor, cfg: DiTTrainConfig) -> Tensor:
+    """Mean over samples of the per-group MSE (B, C, G, h, w -> B, G), object cells (B, G, h, w) weighing
+    1 + cfg.object_weight, groups weighted by `weight` (B, G) (0: no loss there)."""
+    cell = 1.0 + cfg.object_weight * objects  # (B, G, h, w)
+    sq = (velocity - target).pow(2).mean(dim=1)  # (B, G, h, w)
     err = (sq * cell).sum(dim=(2, 3)) / cell.sum(dim=(2, 3))  # (B, G)
     per_sample = (err * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B,)
-    loss = per_sample.sum() / (weight.sum(1) > 0).sum().clamp_min(1)
-    return loss, {"loss": loss.item()}
+    return per_sample.sum() / (weight.sum(1) > 0).sum().clamp_min(1)
+
+
+def edit_loss(
+    model: CausalWanDiT, batch: dict[str, Tensor], rng: np.random.Generator, cfg: DiTTrainConfig
+) -> tuple[Tensor, dict[str, float]]:
+    """Velocity MSE of an edit batch (`take(..., keys=EDIT_KEYS)`) against the ideal editor's path (train/edit.py)."""
+    x, sigma, target = edit_inputs(batch, rng, cfg.edit_strength, cfg.shift, cfg.sink_clean_prob)
+    mask = attention_mask(x.shape[2], model.config.tokens_per_frame, cfg)
+    cross = per_group_cross(model, batch["text"], batch["text_index"])
+    out = model(x, sigma * 1000.0, batch["positions"], cross, None, mask)
+    loss = weighted_error(out.velocity.float(), target, batch["objects"], (sigma > 0).float(), cfg)
+    return loss, {"edit": loss.item()}
 
 
 @torch.no_grad()
@@ -181,11 +205,14 @@ def recycle_context(
     return out
 
 
-def take(data: dict[str, Tensor], rng: np.random.Generator, batch: int) -> dict[str, Tensor]:
+def take(
+    data: dict[str, Tensor], rng: np.random.Generator, batch: int, keys: tuple[str, ...] = SAMPLE_KEYS
+) -> dict[str, Tensor]:
     """A random batch of the latent dataset (`load_latents`): latents (B, G, C, h, w), positions (B, G),
-    objects (B, G, h, w), the batch's distinct caption embeddings text (U, T, D) and text_index (B, G)."""
+    objects (B, G, h, w) (and source (B, G, C, h, w) of edit pairs), the batch's distinct caption embeddings
+    text (U, T, D) and text_index (B, G)."""
     idx = torch.from_numpy(rng.integers(data["latents"].shape[0], size=batch))
-    out = {k: data[k][idx] for k in ("latents", "positions", "objects")}
+    out = {k: data[k][idx] for k in keys}
     rows, out["text_index"] = torch.unique(data["caption_index"][idx], return_inverse=True)  # (U,), (B, G)
     out["text"] = data["captions"][rows]  # (U, T, D)
     return out

@@ -94,12 +94,13 @@ def build_latents(out: Path, cfg: LatentDataConfig, ae: TinyAutoencoder, text: T
 
 def load_latents(paths: list[Path]) -> dict[str, Tensor]:
     """Concatenate shards: latents (N, G, C, h, w), positions (N, G), objects (N, G, h, w), captions (U, T, D)
-    and caption_index (N, G) into the concatenated caption table."""
+    and caption_index (N, G) into the concatenated caption table; source (N, G, C, h, w) too for edit pairs."""
     shards = [load_file(str(p)) for p in paths]
     for p, s in zip(paths, shards, strict=True):
         if "caption_index" not in s:
             raise InputError(f"{p} is a latent shard of an older format; delete its folder to rebuild it")
     offsets = np.cumsum([0] + [s["captions"].shape[0] for s in shards[:-1]])
-    out = {k: torch.cat([s[k] for s in shards]) for k in ("latents", "positions", "objects", "captions")}
+    keys = ["latents", "positions", "objects", "captions"] + (["source"] if all("source" in s for s in shards) else [])
+    out = {k: torch.cat([s[k] for s in shards]) for k in keys}
     out["caption_index"] = torch.cat([s["caption_index"] + int(o) for s, o in zip(shards, offsets, strict=True)])
     return out

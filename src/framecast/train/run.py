@@ -3,6 +3,7 @@
     out/
       autoencoder/{checkpoint,autoencoder}/    stage 1
       latents/shard_*.safetensors              stage 2
+      edits/edit_*.safetensors                 stage 2, edit pairs (when asked for)
       dit/checkpoint/, dit/samples/*.mp4       stage 3
       model/                                   framecast.json, dit/, autoencoder/ (load with --model out/model)
 """
@@ -23,7 +24,8 @@ from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_enco
 from framecast.pipeline import Pipeline, PipelineConfig
 from framecast.train.autoencoder import AETrainConfig, finetune_decoder, train_autoencoder
 from framecast.train.checkpoint import TrainState
-from framecast.train.dit import DiTTrainConfig, drop_text, flow_loss, new_model, take
+from framecast.train.dit import EDIT_KEYS, DiTTrainConfig, drop_text, edit_loss, flow_loss, new_model, take
+from framecast.train.edit import EditDataConfig, build_edit_latents
 from framecast.train.latents import LatentDataConfig, build_latents, load_latents
 from framecast.train.loop import new_state, resume, train
 
@@ -36,6 +38,7 @@ SAMPLE_PROMPTS = ("a red circle moving left", "a blue square bouncing off the wa
 class RunConfig:
     autoencoder: AETrainConfig = field(default_factory=AETrainConfig)
     latents: LatentDataConfig = field(default_factory=LatentDataConfig)
+    edits: EditDataConfig = field(default_factory=EditDataConfig)
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     fps: float = 24.0
     threads: int = 0  # torch threads; 0 keeps torch's default
@@ -64,7 +67,13 @@ def stage_autoencoder(out: Path, cfg: RunConfig, resume_run: bool) -> TinyAutoen
 
 
 def stage_dit(
-    out: Path, cfg: RunConfig, ae: TinyAutoencoder, text: TextEncoder, data: dict[str, Tensor], resume_run: bool
+    out: Path,
+    cfg: RunConfig,
+    ae: TinyAutoencoder,
+    text: TextEncoder,
+    data: dict[str, Tensor],
+    resume_run: bool,
+    edits: dict[str, Tensor] | None = None,
 ) -> CausalWanDiT:
     ts = new_state(new_model(cfg.dit, cfg.dit.loop.seed), cfg.dit.loop)
     if resume_run:
@@ -77,7 +86,12 @@ def stage_dit(
         batch = take(data, rng, cfg.dit.batch)
         if cfg.dit.text_drop > 0:
             batch = drop_text(batch, null, rng, cfg.dit.text_drop)
-        return flow_loss(model, batch, rng, cfg.dit)
+        loss, shown = flow_loss(model, batch, rng, cfg.dit)
+        if edits is None or not cfg.dit.edit_batch:
+            return loss, shown
+        n, m = cfg.dit.batch, cfg.dit.edit_batch
+        edit, edit_shown = edit_loss(model, take(edits, rng, m, EDIT_KEYS), rng, cfg.dit)
+        return (loss * n + edit * m) / (n + m), {**shown, **edit_shown}
 
     def on_checkpoint(s: TrainState) -> dict[str, float]:
         return write_samples(s, out / "dit" / "samples", ae, text, cfg)
@@ -119,13 +133,17 @@ def run_config(
     threads: int,
     decoder_steps: int = 0,
     recycle: float = 0.0,
+    edit_samples: int = 0,
+    edit_batch: int = 4,
 ) -> RunConfig:
     """The recipe of the built-in model with the command line's sizes."""
     base = replace(RunConfig(), decoder_steps=decoder_steps)
     ae = replace(base.autoencoder, loop=replace(base.autoencoder.loop, steps=ae_steps, seed=seed))
     dit_loop = replace(base.dit.loop, steps=dit_steps, seed=seed)
-    dit = replace(base.dit, batch=batch, recycle=recycle, loop=dit_loop)
-    return replace(base, autoencoder=ae, dit=dit, latents=replace(base.latents, samples=samples), threads=threads)
+    dit = replace(base.dit, batch=batch, recycle=recycle, loop=dit_loop, edit_batch=edit_batch if edit_samples else 0)
+    edits = replace(base.edits, samples=edit_samples)
+    latents = replace(base.latents, samples=samples)
+    return replace(base, autoencoder=ae, dit=dit, latents=latents, edits=edits, threads=threads)
 
 
 def train_all(out: Path, cfg: RunConfig, resume_run: bool = True, stop_after: str = "dit") -> Path:
@@ -138,10 +156,12 @@ def train_all(out: Path, cfg: RunConfig, resume_run: bool = True, stop_after: st
         return out / "autoencoder"
     text = CachedTextEncoder(load_text_encoder(cfg.text_encoder))
     paths = build_latents(out / "latents", cfg.latents, ae, text)
+    edit_paths = build_edit_latents(out / "edits", cfg.edits, ae, text)
     if stop_after == "latents":
         return out / "latents"
     data = load_latents(paths)
-    dit = stage_dit(out, cfg, ae, text, data, resume_run)
+    edits = load_latents(edit_paths) if edit_paths else None
+    dit = stage_dit(out, cfg, ae, text, data, resume_run, edits)
     folder = Pipeline(dit, ae, text, pipeline_config(cfg)).save(out / "model")
     log.info("model written to %s", folder)
     return folder
