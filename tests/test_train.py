@@ -22,6 +22,7 @@ from framecast.train.dit import (
     new_model,
     per_group_cross,
     recycle_context,
+    rollout_context,
     stream_levels,
     take,
     warmup_levels,
@@ -340,5 +341,31 @@ def test_recycled_context_replaces_chosen_samples_only(tmp_path: Path) -> None:
     chosen = list(np.random.default_rng(1).random(6) < 0.5)
     assert changed == chosen and any(chosen) and not all(chosen)
     loss = flow_loss(model, batch, np.random.default_rng(2), replace(cfg, recycle=1.0))[0]
+    loss.backward()
+    assert torch.isfinite(loss) and model.head.head.weight.grad is not None
+
+
+def test_rollout_replaces_the_first_chunks_of_chosen_stream_starts_only(tmp_path: Path) -> None:
+    """Chosen samples that start at chunk 0 get the model's own first chunks (drawn from noise, so not a
+    function of the sample's latents); later groups and other samples keep theirs; chunk 0 does not depend
+    on how many chunks are drawn after it; a loss with rollouts still trains."""
+    batch = take(_latents(tmp_path), np.random.default_rng(0), 6)
+    batch["positions"][:3] = torch.arange(5)  # three samples from a stream's start
+    batch["null"] = torch.zeros(1, 3, 12)
+    model, cfg = new_model(DIT_CFG, 0), replace(DIT_CFG, rollout=1.0, rollout_chunks=2)
+    torch.nn.init.normal_(model.head.head.weight, std=0.05)  # a head that draws something
+    contiguous = torch.tensor([True] * 3 + [False] * 3)
+    x = batch["latents"].transpose(1, 2)  # (B, C, G, h, w)
+
+    def roll(x: torch.Tensor, cfg: DiTTrainConfig) -> torch.Tensor:
+        torch.manual_seed(7)
+        return rollout_context(model, x, contiguous, batch, np.random.default_rng(1), cfg)
+
+    out = roll(x, cfg)
+    changed = (out - x).abs().amax(dim=(1, 3, 4)) > 1e-4  # (B, G)
+    assert changed[:3, :2].all() and not changed[:3, 2:].any() and not changed[3:].any()
+    torch.testing.assert_close(roll(x * 0.5 + 1.0, cfg)[:3, :, :2], out[:3, :, :2])  # drawn, not copied
+    torch.testing.assert_close(roll(x, replace(cfg, rollout_chunks=1))[:3, :, 0], out[:3, :, 0])
+    loss = flow_loss(model, batch, np.random.default_rng(2), replace(cfg, rollout=0.5))[0]
     loss.backward()
     assert torch.isfinite(loss) and model.head.head.weight.grad is not None

@@ -142,6 +142,8 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--batch", type=int, default=16, help="DiT batch size (default: 16)")
     t.add_argument("--recycle", type=float, default=0.0,
                    help="share of DiT samples whose clean context is the model's own estimate (default: 0)")
+    t.add_argument("--rollout", type=float, default=0.0,
+                   help="share of DiT samples from a stream's start whose first chunks the model draws (default: 0)")
     t.add_argument("--edit-samples", type=int, default=0,
                    help="edit pairs (a clip and the clip restyled) that teach video to video (default: 0, none)")
     t.add_argument("--edit-batch", type=int, default=4, help="edit pairs per DiT step besides --batch (default: 4)")
@@ -244,8 +246,9 @@ def _train(a: argparse.Namespace) -> None:
     for name in ("ae_steps", "dit_steps", "samples", "batch"):
         if getattr(a, name) < 1:
             raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(a, name)}")
-    if not 0.0 <= a.recycle <= 1.0:
-        raise InputError(f"--recycle must be between 0 and 1, got {a.recycle}")
+    for name in ("recycle", "rollout"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            raise InputError(f"--{name} must be between 0 and 1, got {getattr(a, name)}")
     if a.edit_samples < 0 or a.edit_batch < 1:
         raise InputError(f"--edit-samples must be 0 or more, --edit-batch positive: {a.edit_samples}, {a.edit_batch}")
     try:
@@ -257,7 +260,7 @@ def _train(a: argparse.Namespace) -> None:
         raise InputError(f"--decoder-steps must be 0 or more, got {a.decoder_steps}")
     cfg = run_config(
         a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads, a.decoder_steps, a.recycle,
-        a.edit_samples, a.edit_batch,
+        a.edit_samples, a.edit_batch, a.rollout,
     )
     folder = train_all(a.out, cfg, resume_run=not a.fresh, stop_after=a.stop_after)
     print(f"framecast: {a.stop_after} stage done in {folder}", file=sys.stderr)

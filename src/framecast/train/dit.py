@@ -59,6 +59,9 @@ class DiTTrainConfig:
     text_drop: float = 0.1  # share of samples trained on the empty prompt: the unconditional branch of guidance
     recycle: float = 0.0  # share of samples whose clean context is the model's own estimate (see `recycle_context`)
     recycle_levels: tuple[float, float] = (0.2, 0.6)  # noise levels the estimate is made from
+    rollout: float = 0.0  # share of the samples from a stream's start whose first chunks the model draws itself
+    rollout_chunks: int = 2  # chunks it draws (see `rollout_context`)
+    rollout_guidance: float = 2.0  # guidance of those samples (needs batch["null"], else unguided)
     edit_batch: int = 0  # edit pairs per step besides `batch` (see train/edit.py); 0: none
     edit_strength: tuple[float, float] = (0.5, 0.95)  # video-to-video strengths the edit pairs start from
 
@@ -155,6 +158,9 @@ def flow_loss(
     if cfg.recycle > 0:  # clean context groups (level 0) read the model's own estimate in some samples
         clean = sigma[:, None, :, None, None] == 0
         xt = torch.where(clean, recycle_context(model, x0, cross, mask, batch, rng, cfg), xt)
+    if cfg.rollout > 0:  # the first clean groups of some samples from a stream's start: the model's own chunks
+        clean = sigma[:, None, :, None, None] == 0
+        xt = torch.where(clean, rollout_context(model, xt, contiguous, batch, rng, cfg), xt)
     out = model(xt, sigma * 1000.0, batch["positions"], cross, None, mask)
     loss = weighted_error(out.velocity.float(), noise - x0, batch["objects"], weight, cfg)
     return loss, {"loss": loss.item()}
@@ -202,6 +208,50 @@ def recycle_context(
     velocity = model(xt, t, batch["positions"][rows], sub, None, mask).velocity.float()
     out = x0.clone()
     out[rows] = xt - s * velocity  # x0 = x_s - s * v
+    return out
+
+
+@torch.no_grad()
+def rollout_context(
+    model: CausalWanDiT, x: Tensor, contiguous: Tensor, batch: dict[str, Tensor], rng: np.random.Generator,
+    cfg: DiTTrainConfig,
+) -> Tensor:  # fmt: skip
+    """x (B, C, G, h, w) with the first `rollout_chunks` groups of a share `cfg.rollout` of the samples that start
+    at a stream's first chunk (`contiguous`, (B,) bool) replaced by the model's own stream: each chunk drawn from
+    noise with the 4-step schedule (guided when batch["null"] is there), after the chunks it drew before.
+
+    Error recycling shows the model a blurred copy of the truth; here the context is what a stream really
+    reads at its start, where a sink drawn slightly wrong set every later chunk off. The targets stay true,
+    so the model learns to carry on a caption's clip from its own first chunks.
+    """
+    rows = torch.from_numpy(np.flatnonzero(contiguous.numpy() & (rng.random(x.shape[0]) < cfg.rollout)))
+    n = min(cfg.rollout_chunks, x.shape[2])
+    if not len(rows) or n == 0:
+        return x
+    index = batch["text_index"][rows, :n]  # (R, n)
+    text, guided = batch["text"], "null" in batch and cfg.rollout_guidance != 1.0
+    if guided:
+        text = torch.cat([text, batch["null"].to(text)])
+        index = torch.cat([index, torch.full_like(index, text.shape[0] - 1)])  # the empty prompt's rows after
+    positions = batch["positions"][rows, :n].repeat(2 if guided else 1, 1)
+    own = x[rows, :, :n].clone()  # (R, C, n, h, w)
+    sig = sigmas(4, cfg.shift)
+    for c in range(n):
+        own[:, :, c] = torch.randn_like(own[:, :, c])
+        mask = attention_mask(c + 1, model.config.tokens_per_frame, cfg)
+        cross = per_group_cross(model, text, index[:, : c + 1])
+        for a, b in zip(sig[:-1], sig[1:], strict=True):
+            t = torch.zeros(len(rows), c + 1)
+            t[:, c] = a * 1000.0
+            inp = own[:, :, : c + 1].repeat(2 if guided else 1, 1, 1, 1, 1)
+            v = model(inp, t.repeat(2 if guided else 1, 1), positions[:, : c + 1], cross, None, mask).velocity.float()
+            v = v[:, :, c]
+            if guided:
+                v_c, v_u = v.chunk(2)
+                v = v_u + cfg.rollout_guidance * (v_c - v_u)
+            own[:, :, c] = own[:, :, c] + (b - a) * v
+    out = x.clone()
+    out[rows, :, :n] = own
     return out
 
 

@@ -86,6 +86,8 @@ def stage_dit(
         batch = take(data, rng, cfg.dit.batch)
         if cfg.dit.text_drop > 0:
             batch = drop_text(batch, null, rng, cfg.dit.text_drop)
+        if cfg.dit.rollout > 0:
+            batch["null"] = null  # the own chunks are drawn with guidance, as a stream draws them
         loss, shown = flow_loss(model, batch, rng, cfg.dit)
         if edits is None or not cfg.dit.edit_batch:
             return loss, shown
@@ -135,12 +137,14 @@ def run_config(
     recycle: float = 0.0,
     edit_samples: int = 0,
     edit_batch: int = 4,
+    rollout: float = 0.0,
 ) -> RunConfig:
     """The recipe of the built-in model with the command line's sizes."""
     base = replace(RunConfig(), decoder_steps=decoder_steps)
     ae = replace(base.autoencoder, loop=replace(base.autoencoder.loop, steps=ae_steps, seed=seed))
     dit_loop = replace(base.dit.loop, steps=dit_steps, seed=seed)
-    dit = replace(base.dit, batch=batch, recycle=recycle, loop=dit_loop, edit_batch=edit_batch if edit_samples else 0)
+    edit_batch = edit_batch if edit_samples else 0
+    dit = replace(base.dit, batch=batch, recycle=recycle, rollout=rollout, loop=dit_loop, edit_batch=edit_batch)
     edits = replace(base.edits, samples=edit_samples)
     latents = replace(base.latents, samples=samples)
     return replace(base, autoencoder=ae, dit=dit, latents=latents, edits=edits, threads=threads)
