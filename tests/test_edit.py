@@ -77,10 +77,18 @@ def test_editor_velocity_is_flow_matching_when_the_look_agrees() -> None:
 def test_edit_levels_come_from_the_chunk_schedule(seed: int) -> None:
     rng = np.random.default_rng(seed)
     strength = float(rng.uniform(0.5, 0.95))
-    levels = edit_levels(rng, 6, strength, 3.0, 0.7)
+    levels, weight = edit_levels(rng, 6, strength, 3.0, 0.7, 0.35)
     allowed = np.concatenate([sdedit_sigmas(k, 3.0, strength).numpy() for k in range(1, 5)])
-    assert levels.shape == (6,) and (levels > 0).any() and levels.max() <= strength + 1e-6
+    assert levels.shape == weight.shape == (6,) and (levels > 0).any() and levels.max() <= strength + 1e-6
     assert all(np.isclose(allowed, v, atol=1e-6).any() for v in levels)
+    assert weight.sum() >= 1 and (levels[weight > 0] > 0).all()  # loss only where there is noise
+
+
+def test_fresh_edit_samples_train_the_first_chunk_alone() -> None:
+    rng = np.random.default_rng(0)
+    drawn = [edit_levels(rng, 6, 0.8, 3.0, 0.7, 1.0) for _ in range(20)]
+    assert all(w.tolist() == [1, 0, 0, 0, 0, 0] and 0 < lv[0] <= 0.8 + 1e-6 for lv, w in drawn)
+    assert not any(w[0] for _, w in (edit_levels(rng, 6, 0.8, 3.0, 1.0, 0.0) for _ in range(20)))
 
 
 def _edits(tmp: Path) -> dict[str, torch.Tensor]:

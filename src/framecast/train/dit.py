@@ -64,6 +64,7 @@ class DiTTrainConfig:
     rollout_guidance: float = 2.0  # guidance of those samples (needs batch["null"], else unguided)
     edit_batch: int = 0  # edit pairs per step besides `batch` (see train/edit.py); 0: none
     edit_strength: tuple[float, float] = (0.5, 0.95)  # video-to-video strengths the edit pairs start from
+    edit_fresh: float = 0.35  # share of the edit pairs that train a stream's first chunk alone (no context)
 
 
 def stream_levels(rng: np.random.Generator, groups: int, shift: float) -> np.ndarray:
@@ -180,11 +181,13 @@ def edit_loss(
     model: CausalWanDiT, batch: dict[str, Tensor], rng: np.random.Generator, cfg: DiTTrainConfig
 ) -> tuple[Tensor, dict[str, float]]:
     """Velocity MSE of an edit batch (`take(..., keys=EDIT_KEYS)`) against the ideal editor's path (train/edit.py)."""
-    x, sigma, target = edit_inputs(batch, rng, cfg.edit_strength, cfg.shift, cfg.sink_clean_prob)
+    x, sigma, weight, target = edit_inputs(
+        batch, rng, cfg.edit_strength, cfg.shift, cfg.sink_clean_prob, cfg.edit_fresh
+    )
     mask = attention_mask(x.shape[2], model.config.tokens_per_frame, cfg)
     cross = per_group_cross(model, batch["text"], batch["text_index"])
     out = model(x, sigma * 1000.0, batch["positions"], cross, None, mask)
-    loss = weighted_error(out.velocity.float(), target, batch["objects"], (sigma > 0).float(), cfg)
+    loss = weighted_error(out.velocity.float(), target, batch["objects"], weight, cfg)
     return loss, {"edit": loss.item()}
 
 

@@ -130,12 +130,23 @@ def build_edit_latents(out: Path, cfg: EditDataConfig, ae: TinyAutoencoder, text
     return paths
 
 
-def edit_levels(rng: np.random.Generator, groups: int, strength: float, shift: float, sink_clean: float) -> np.ndarray:
-    """(groups,) levels of a video-to-video stream at start strength `strength`: half the samples in the stream
+def edit_levels(
+    rng: np.random.Generator, groups: int, strength: float, shift: float, sink_clean: float, fresh: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Levels (groups,) of a video-to-video stream at start strength `strength`, and loss weights (groups,).
+
+    A share `fresh` of the samples trains the sink group alone at a level of the chunk's schedule: a stream's
+    first chunk has no context, and there the faint input is all that says where the objects are (the later
+    groups get weight 0; the causal mask keeps them from touching the sink). The others: half in the stream
     batch's pattern (newest at pass j, group m back at pass j + m), half drawn independently from the chunk's
-    schedule; the sink clean with probability `sink_clean`. At least one group is noisy."""
+    schedule, the sink clean with probability `sink_clean`, at least one group noisy; weight where noisy.
+    """
     steps = int(rng.integers(1, 5))
     sig = sdedit_sigmas(steps, shift, strength).numpy().astype(np.float64)  # (steps + 1,), sig[0] = strength
+    if rng.random() < fresh:
+        levels, weight = np.full(groups, strength), np.zeros(groups)
+        levels[0], weight[0] = sig[int(rng.integers(steps))], 1.0
+        return levels, weight
     if rng.random() < 0.5:
         back = np.arange(groups)[::-1]
         levels = sig[np.minimum(int(rng.integers(steps)) + back, steps)]
@@ -145,7 +156,7 @@ def edit_levels(rng: np.random.Generator, groups: int, strength: float, shift: f
         levels[0] = 0.0
     if not (levels > 0).any():
         levels[-1] = sig[int(rng.integers(steps))]
-    return levels
+    return levels, (levels > 0).astype(np.float64)
 
 
 def edit_path(source: Tensor, target: Tensor, noise: Tensor, strength: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
@@ -159,16 +170,23 @@ def edit_path(source: Tensor, target: Tensor, noise: Tensor, strength: Tensor, s
 
 
 def edit_inputs(
-    batch: dict[str, Tensor], rng: np.random.Generator, strengths: tuple[float, float], shift: float, sink_clean: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Model input x (B, C, G, h, w), levels (B, G) and target velocity (B, C, G, h, w) of an edit batch."""
+    batch: dict[str, Tensor],
+    rng: np.random.Generator,
+    strengths: tuple[float, float],
+    shift: float,
+    sink_clean: float,
+    fresh: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Model input x (B, C, G, h, w), levels (B, G), loss weights (B, G) and target velocity (B, C, G, h, w)
+    of an edit batch."""
     target = batch["latents"].transpose(1, 2)  # (B, C, G, h, w)
     source = batch["source"].transpose(1, 2)
     B, _, G = target.shape[:3]
     strength = rng.uniform(*strengths, size=B)  # (B,)
-    levels = np.stack([edit_levels(rng, G, float(s), shift, sink_clean) for s in strength])  # (B, G)
-    sigma = torch.from_numpy(levels).float()
+    drawn = [edit_levels(rng, G, float(s), shift, sink_clean, fresh) for s in strength]
+    sigma = torch.from_numpy(np.stack([d[0] for d in drawn])).float()  # (B, G)
+    weight = torch.from_numpy(np.stack([d[1] for d in drawn])).float()  # (B, G)
     s = torch.from_numpy(strength).float()[:, None, None, None, None]
     x, v = edit_path(source, target, torch.randn_like(target), s, sigma[:, None, :, None, None])
-    return x, sigma, v
+    return x, sigma, weight, v
 
