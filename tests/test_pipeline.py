@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,30 @@ def test_cli_broken_model_folders(tmp_path: Path, model_dir: Path, capsys: pytes
     save_file(state, str(keys / "dit" / "model.safetensors"))
     _fails(["generate", "x", "-o", out, "--model", str(keys)], capsys, "miss tensors")
     assert not Path(out).exists()
+
+
+def test_a_model_folder_may_share_another_ones_autoencoder(tmp_path: Path) -> None:
+    """framecast.json's `autoencoder` names the folder relative to the model; saving writes a folder of its own."""
+    base = Pipeline.random("tiny").save(tmp_path / "base")
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copytree(base / "dit", other / "dit")
+    config = json.loads((base / "framecast.json").read_text())
+    (other / "framecast.json").write_text(json.dumps({**config, "autoencoder": "../base/autoencoder"}))
+    shared = Pipeline.load(str(other))
+    for k, v in Pipeline.load(str(base)).autoencoder.state_dict().items():
+        assert torch.equal(shared.autoencoder.state_dict()[k], v)
+    saved = shared.save(tmp_path / "saved")
+    assert json.loads((saved / "framecast.json").read_text())["autoencoder"] == "autoencoder"
+    assert (saved / "autoencoder" / "model.safetensors").is_file()
+
+
+def test_input_videos_default_to_the_v2v_model() -> None:
+    import argparse
+
+    from framecast.cli import _model
+
+    a = argparse.Namespace(model=None, random_weights=False)
+    assert _model(a) == "tiny" and _model(a, follows_input=True) == "tiny-v2v"
+    assert _model(argparse.Namespace(model=None, random_weights=True), follows_input=True) == "tiny"
+    assert _model(argparse.Namespace(model="mine", random_weights=False), follows_input=True) == "mine"

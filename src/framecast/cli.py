@@ -31,10 +31,20 @@ def _prompt_at(text: str) -> tuple[float, str]:
     return at, prompt
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="built-in model name or a local model folder (default: tiny)")
+def _model_args(p: argparse.ArgumentParser, default: str = "tiny") -> None:
+    p.add_argument("--model", default=None, help=f"built-in model name or a local model folder (default: {default})")
     p.add_argument("--random-weights", action="store_true", help="use the named preset with untrained random weights")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+
+
+def _model(a: argparse.Namespace, follows_input: bool = False) -> str:
+    """--model, or the built-in default: the model tuned for video to video when the stream follows an input
+    (untrained presets exist only under the plain name)."""
+    from framecast.pipeline import V2V_MODEL
+
+    if a.model is not None:
+        return str(a.model)
+    return V2V_MODEL if follows_input and not a.random_weights else "tiny"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--sequential", action="store_true", help="one chunk at a time instead of the stream batch")
     _sampling_args(g)
     _v2v_args(g)
-    _model_args(g)
+    _model_args(g, "tiny, or tiny-v2v with --input")
     b = sub.add_parser("bench", help="measure speed of a model on this machine")
     b.add_argument("--seconds", type=float, default=5.0, help="time per measurement (default: 5)")
     b.add_argument("--steps", type=int, default=None)
@@ -96,7 +106,7 @@ def _v2v_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--motion-aware", action=argparse.BooleanOptionalAction, default=None,
                    help="strength from the input's motion (default: on unless --strength is given)")
     g.add_argument("--strength-range", default=None, metavar="LOW:HIGH",
-                   help="bounds of the motion-aware strength (default: 0.6:0.85)")
+                   help="bounds of the motion-aware strength (default: 0.5:0.65)")
     g.add_argument("--skip-similar", action=argparse.BooleanOptionalAction, default=True,
                    help="nearly identical input chunks re-emit the last output instead of running the model")
 
@@ -129,7 +139,7 @@ def _range(text: str) -> tuple[float, float]:
     try:
         return float(low), float(high)
     except ValueError:
-        raise InputError(f"--strength-range expects LOW:HIGH, e.g. 0.6:0.85, got {text!r}") from None
+        raise InputError(f"--strength-range expects LOW:HIGH, e.g. 0.5:0.65, got {text!r}") from None
 
 
 def _train_args(t: argparse.ArgumentParser) -> None:
@@ -165,7 +175,7 @@ def _generate(a: argparse.Namespace) -> None:
     changes = [_prompt_at(x) for x in a.prompt_at]
     v2v = _v2v_config(a)
     source = _open_input(a) if a.input is not None else None  # a bad input file costs nothing either
-    pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
+    pipe = Pipeline.load(_model(a, source is not None), device=a.device, random_weights=a.random_weights)
     overrides = {"batch_steps": not a.sequential, **_sampling_overrides(a)}
     pipe.stream_config(**overrides)  # validate before any file is opened
     if source is None:
@@ -231,7 +241,7 @@ def _bench(a: argparse.Namespace) -> None:
     if a.json is not None and not a.json.parent.resolve().is_dir():
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
     result = run_bench(
-        model=a.model, random_weights=a.random_weights, device=a.device, seconds=a.seconds, steps=a.steps
+        model=_model(a), random_weights=a.random_weights, device=a.device, seconds=a.seconds, steps=a.steps
     )
     print(format_table(result))
     if a.json is not None:
@@ -276,7 +286,7 @@ def _eval(a: argparse.Namespace) -> None:
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
     if a.seeds < 1 or not a.drift_seconds >= 20:
         raise InputError("--seeds must be positive and --drift-seconds at least 20")
-    pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
+    pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
     settings = EvalSettings(seeds=a.seeds, drift_seconds=a.drift_seconds, stream=_sampling_overrides(a))
     pipe.stream_config(**settings.stream)  # validate before the long run
     with tqdm(desc="eval", unit="task") as bar:
@@ -302,7 +312,7 @@ def _eval_v2v_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--live-seconds", type=float, default=4.0, help="length of the real-time run, 0 for none")
     e.add_argument("--seed", type=int, default=0)
     _sampling_args(e)
-    _model_args(e)
+    _model_args(e, "tiny-v2v")
 
 
 def _eval_v2v(a: argparse.Namespace) -> None:
@@ -317,7 +327,7 @@ def _eval_v2v(a: argparse.Namespace) -> None:
         a.clips, a.seconds, a.strength, a.steps, a.skip_similar, a.live_seconds, a.seed, _sampling_overrides(a)
     )
     settings.v2v()  # validate the strength before the model loads
-    pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
+    pipe = Pipeline.load(_model(a, follows_input=True), device=a.device, random_weights=a.random_weights)
     pipe.stream_config(**settings.overrides())
     result = run_v2v_eval(pipe, settings, lambda m: print(f"eval-v2v: {m}", file=sys.stderr))
     print(format_table(result))
@@ -342,7 +352,7 @@ def _serve(a: argparse.Namespace) -> None:
 
     settings = ServerSettings(host=a.host, port=a.port, max_sessions=a.max_sessions, fps=a.fps, max_fps=a.max_fps,
                               admission=not a.no_admission)
-    pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
+    pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
     print(f"framecast: serving on http://{a.host}:{a.port} (Ctrl-C to stop)", file=sys.stderr)
     serve(pipe, settings)
 
@@ -367,10 +377,10 @@ def _bench_serve(a: argparse.Namespace) -> None:
         raise InputError("--sessions must be in 1..64 and --seconds in 1..600")
     if a.json is not None and not a.json.parent.resolve().is_dir():
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
-    pipe = Pipeline.load(a.model, device=a.device, random_weights=a.random_weights)
+    pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
     pipe.stream_config(**({"steps": a.steps} if a.steps is not None else {}))  # validate
     modes = ("paced", "max") if a.mode == "both" else (a.mode,)
-    result = run_serve_bench(pipe, a.sessions, a.seconds, a.fps, a.steps, modes, a.model, a.random_weights)
+    result = run_serve_bench(pipe, a.sessions, a.seconds, a.fps, a.steps, modes, _model(a), a.random_weights)
     print(format_table(result))
     if a.json is not None:
         a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")

@@ -40,7 +40,8 @@ from framecast.v2v.sources import as_source
 
 PIPELINE_FILE = "framecast.json"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-BUILTIN = ("tiny",)
+BUILTIN = ("tiny", "tiny-v2v")  # tiny-v2v: the same model tuned on edit pairs for video to video (docs/v2v.md)
+V2V_MODEL = "tiny-v2v"  # the built-in default when the stream follows an input video
 
 
 @dataclass
@@ -48,6 +49,7 @@ class PipelineConfig:
     fps: float = 16.0
     text_encoder: str = "minilm"
     stream: dict[str, Any] = field(default_factory=dict)
+    autoencoder: str = "autoencoder"  # its folder, relative to the model folder (models may share one)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
@@ -95,7 +97,7 @@ class Pipeline:
                 f"{folder / PIPELINE_FILE} not found (a model folder holds {PIPELINE_FILE}, dit/, autoencoder/)"
             )
         cfg = PipelineConfig.from_dict(read_json(folder / PIPELINE_FILE, "pipeline config"))
-        dit, ae = load_dit(folder / "dit"), load_autoencoder(folder / "autoencoder")
+        dit, ae = load_dit(folder / "dit"), load_autoencoder(folder / cfg.autoencoder)
         enc = text_encoder or CachedTextEncoder(load_text_encoder(cfg.text_encoder))
         return cls(dit, ae, enc, cfg, device)
 
@@ -114,7 +116,8 @@ class Pipeline:
         out.mkdir(parents=True, exist_ok=True)
         save_dit(self.dit, out / "dit")
         save_autoencoder(self.autoencoder, out / "autoencoder")
-        (out / PIPELINE_FILE).write_text(json.dumps(dataclasses.asdict(self.config), indent=2) + "\n")
+        config = dataclasses.replace(self.config, autoencoder="autoencoder")
+        (out / PIPELINE_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
         return out
 
     # -- geometry ------------------------------------------------------------------------------

@@ -27,11 +27,11 @@ class MotionConfig:
     """
 
     enabled: bool = True
-    low: float = 0.6
-    high: float = 0.85
+    low: float = 0.5
+    high: float = 0.65
     scale: float = 0.2
     ema: float = 0.5
-    fixed: float = 0.75
+    fixed: float = 0.6
 
     def __post_init__(self) -> None:
         if not 0.0 < self.low <= self.high <= 1.0:
