@@ -194,3 +194,17 @@ def test_input_videos_default_to_the_v2v_model() -> None:
     assert _model(a) == "tiny" and _model(a, follows_input=True) == "tiny-v2v"
     assert _model(argparse.Namespace(model=None, random_weights=True), follows_input=True) == "tiny"
     assert _model(argparse.Namespace(model="mine", random_weights=False), follows_input=True) == "mine"
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_framecast_lets_idle_threads_sleep_unless_told(given: str | None, expected: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import framecast, os; print(os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
