@@ -9,7 +9,8 @@ import os
 
 # Idle OpenMP threads sleep instead of spinning, unless the user chose (read when torch loads, so it is set
 # before any framecast import of torch). Spinning threads stall a small model at every parallel region when
-# anything else uses the CPU: measured on 2 cores beside one busy process, 6.4 against 359 frames/s.
+# anything else uses the CPU: measured on 2 cores beside one busy process, 6.4 against 359 frames/s. Idle,
+# sleeping threads cost some speed (150 against 210 frames/s); OMP_WAIT_POLICY=ACTIVE keeps them spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from framecast.errors import FramecastError, InputError, ModelLoadError  # noqa: E402
