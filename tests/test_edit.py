@@ -13,12 +13,11 @@ from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder
 from framecast.sampling.flow import euler_step, sdedit_sigmas
 from framecast.train.dit import EDIT_KEYS, edit_loss, new_model, take
 from framecast.train.edit import EditDataConfig, build_edit_latents, edit_levels, edit_path, edit_sample, restyled
-from framecast.train.latents import load_latents
 from framecast.train.loop import step_rng
 from framecast.world import detect_objects, sample_scene
 from framecast.world.vocab import allowed_on, is_heldout
 from tests.conftest import RandomTextEncoder
-from tests.test_train import DIT_CFG
+from tests.test_train import DIT_CFG, built
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -92,10 +91,7 @@ def test_fresh_edit_samples_train_the_first_chunk_alone() -> None:
 
 
 def _edits(tmp: Path) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    ae = TinyAutoencoder(AutoencoderConfig(latent_channels=4, spatial_factor=4, temporal_factor=2, width=8))
-    cfg = EditDataConfig(samples=8, shard=4, window=4, max_gap=5, height=32, width=32)
-    return load_latents(build_edit_latents(tmp, cfg, ae, RandomTextEncoder(dim=12, seq_len=3)))
+    return built(tmp, build_edit_latents, EditDataConfig(samples=8, shard=4, window=4, max_gap=5, height=32, width=32))
 
 
 def test_edit_dataset_layout_and_the_edit_loss_trains(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,11 +63,15 @@ def test_autoencoder_steps_lower_the_loss() -> None:
     assert reconstruction_loss(ae, x, cfg)[0].item() < 0.7 * before
 
 
-def _latents(tmp: Path) -> dict[str, torch.Tensor]:
+def built(tmp: Path, build: Any, cfg: Any) -> dict[str, torch.Tensor]:
+    """A dataset of `build` (build_latents or build_edit_latents) with a tiny random autoencoder, loaded."""
     torch.manual_seed(0)
     ae = TinyAutoencoder(AutoencoderConfig(latent_channels=4, spatial_factor=4, temporal_factor=2, width=8))
-    cfg = LatentDataConfig(samples=8, shard=4, window=4, max_gap=5, height=32, width=32)
-    return load_latents(build_latents(tmp, cfg, ae, RandomTextEncoder(dim=12, seq_len=3)))
+    return load_latents(build(tmp, cfg, ae, RandomTextEncoder(dim=12, seq_len=3)))
+
+
+def _latents(tmp: Path) -> dict[str, torch.Tensor]:
+    return built(tmp, build_latents, LatentDataConfig(samples=8, shard=4, window=4, max_gap=5, height=32, width=32))
 
 
 def test_latent_dataset_layout_and_resume(tmp_path: Path) -> None:

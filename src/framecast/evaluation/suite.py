@@ -117,9 +117,12 @@ def drift(pipe: Pipeline, s: EvalSettings, progress: Progress) -> dict[str, floa
         last.append(frame_hits(np.stack(tail), color, shape).mean(0))
     f, la = np.mean(first, 0), np.mean(last, 0)
     return {
-        "first_color": float(f[0]), "first_shape": float(f[1]),
-        "last_color": float(la[0]), "last_shape": float(la[1]),
-        "drop_points": float(100 * (f.mean() - la.mean())), "seconds": s.drift_seconds,
+        "first_color": float(f[0]),
+        "first_shape": float(f[1]),
+        "last_color": float(la[0]),
+        "last_shape": float(la[1]),
+        "drop_points": float(100 * (f.mean() - la.mean())),
+        "seconds": s.drift_seconds,
     }
 
 

@@ -236,7 +236,8 @@ def rollout_context(
     if guided:
         text = torch.cat([text, batch["null"].to(text)])
         index = torch.cat([index, torch.full_like(index, text.shape[0] - 1)])  # the empty prompt's rows after
-    positions = batch["positions"][rows, :n].repeat(2 if guided else 1, 1)
+    copies = 2 if guided else 1  # rows per sample: the prompt's, then the empty prompt's
+    positions = batch["positions"][rows, :n].repeat(copies, 1)
     own = x[rows, :, :n].clone()  # (R, C, n, h, w)
     sig = sigmas(4, cfg.shift)
     for c in range(n):
@@ -246,8 +247,8 @@ def rollout_context(
         for a, b in zip(sig[:-1], sig[1:], strict=True):
             t = torch.zeros(len(rows), c + 1)
             t[:, c] = a * 1000.0
-            inp = own[:, :, : c + 1].repeat(2 if guided else 1, 1, 1, 1, 1)
-            v = model(inp, t.repeat(2 if guided else 1, 1), positions[:, : c + 1], cross, None, mask).velocity.float()
+            inp = own[:, :, : c + 1].repeat(copies, 1, 1, 1, 1)
+            v = model(inp, t.repeat(copies, 1), positions[:, : c + 1], cross, None, mask).velocity.float()
             v = v[:, :, c]
             if guided:
                 v_c, v_u = v.chunk(2)

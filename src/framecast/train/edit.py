@@ -22,13 +22,11 @@ Shards (`edit_00000.safetensors`, ...) hold what `latents.py` shards hold for th
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -36,7 +34,7 @@ from framecast.models.autoencoder import TinyAutoencoder
 from framecast.models.text import TextEncoder
 from framecast.sampling.flow import sdedit_sigmas
 from framecast.train.data import Sample, to_pixels
-from framecast.train.latents import _encode_shard
+from framecast.train.latents import _encode_shard, encode_clips, write_shard
 from framecast.train.loop import step_rng
 from framecast.world.captions import caption
 from framecast.world.render import render
@@ -119,14 +117,9 @@ def build_edit_latents(out: Path, cfg: EditDataConfig, ae: TinyAutoencoder, text
         pairs = [edit_sample(rng, cfg.window, tf, cfg.max_gap, cfg.height, cfg.width) for _ in range(cfg.shard)]
         samples = [p[0] for p in pairs]
         tensors = _encode_shard(samples, ae, text)
-        with torch.no_grad():
-            pixels = to_pixels(np.stack([p[1] for p in pairs]))  # (S, 3, G * tf, H, W)
-            source = torch.cat([ae.encode(pixels[i : i + 16]) for i in range(0, len(pairs), 16)])  # (S, C, G, h, w)
+        source = encode_clips(ae, to_pixels(np.stack([p[1] for p in pairs])))  # (S, C, G, h, w)
         tensors["source"] = source.transpose(1, 2).contiguous()  # (S, G, C, h, w)
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
-        path.with_suffix(".json").write_text(json.dumps([s.captions for s in samples]) + "\n")
+        write_shard(path, tensors, samples)
     return paths
 
 
@@ -189,4 +182,3 @@ def edit_inputs(
     s = torch.from_numpy(strength).float()[:, None, None, None, None]
     x, v = edit_path(source, target, torch.randn_like(target), s, sigma[:, None, :, None, None])
     return x, sigma, weight, v
-

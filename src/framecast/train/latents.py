@@ -53,10 +53,24 @@ def object_cells(pixels: Tensor, tf: int, sf: int) -> Tensor:
 
 
 @torch.no_grad()
+def encode_clips(ae: TinyAutoencoder, pixels: Tensor) -> Tensor:
+    """Pixels (S, 3, G * tf, H, W) -> latents (S, C, G, h, w), 16 clips at a time."""
+    return torch.cat([ae.encode(pixels[i : i + 16]) for i in range(0, pixels.shape[0], 16)])
+
+
+def write_shard(path: Path, tensors: dict[str, Tensor], samples: list[Sample]) -> None:
+    """Save a shard atomically (a temp file renamed) with its captions as JSON beside it."""
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    tmp.replace(path)
+    path.with_suffix(".json").write_text(json.dumps([s.captions for s in samples]) + "\n")
+
+
+@torch.no_grad()
 def _encode_shard(samples: list[Sample], ae: TinyAutoencoder, text: TextEncoder) -> dict[str, Tensor]:
     tf = ae.temporal_factor
     pixels = to_pixels(np.stack([s.frames for s in samples]))  # (S, 3, G * tf, H, W)
-    latents = torch.cat([ae.encode(pixels[i : i + 16]) for i in range(0, len(samples), 16)])  # (S, C, G, h, w)
+    latents = encode_clips(ae, pixels)  # (S, C, G, h, w)
     captions = sorted({c for s in samples for c in s.captions})
     index = {c: i for i, c in enumerate(captions)}
     return {
@@ -85,10 +99,7 @@ def build_latents(out: Path, cfg: LatentDataConfig, ae: TinyAutoencoder, text: T
             clip_sample(rng, cfg.window, tf, cfg.max_gap, cfg.height, cfg.width, cfg.switch_prob)
             for _ in range(cfg.shard)
         ]
-        tmp = path.with_suffix(".tmp")
-        save_file(_encode_shard(samples, ae, text), str(tmp))
-        tmp.replace(path)
-        path.with_suffix(".json").write_text(json.dumps([s.captions for s in samples]) + "\n")
+        write_shard(path, _encode_shard(samples, ae, text), samples)
     return paths
 
 
