@@ -134,12 +134,12 @@ def _v2v_config(a: argparse.Namespace) -> V2VConfig:
     return V2VConfig(motion, SimilarityConfig(enabled=a.skip_similar))
 
 
-def _range(text: str) -> tuple[float, float]:
+def _range(text: str, flag: str = "--strength-range") -> tuple[float, float]:
     low, sep, high = text.partition(":")
     try:
         return float(low), float(high)
     except ValueError:
-        raise InputError(f"--strength-range expects LOW:HIGH, e.g. 0.5:0.65, got {text!r}") from None
+        raise InputError(f"{flag} expects LOW:HIGH, e.g. 0.5:0.65, got {text!r}") from None
 
 
 def _train_args(t: argparse.ArgumentParser) -> None:
@@ -157,6 +157,11 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--edit-samples", type=int, default=0,
                    help="edit pairs (a clip and the clip restyled) that teach video to video (default: 0, none)")
     t.add_argument("--edit-batch", type=int, default=4, help="edit pairs per DiT step besides --batch (default: 4)")
+    t.add_argument("--edit-strength", default=None, metavar="LOW:HIGH",
+                   help="video-to-video strengths the edit pairs start from, in (0, 1] (default: 0.5:0.95)")
+    t.add_argument("--structure", action="store_true",
+                   help="give the DiT a structure input (the encoded input frames, docs/v2v.md); a run that "
+                        "resumes a DiT without one grows it")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--stop-after", choices=("autoencoder", "latents", "dit"), default="dit")
@@ -261,6 +266,9 @@ def _train(a: argparse.Namespace) -> None:
             raise InputError(f"--{name} must be between 0 and 1, got {getattr(a, name)}")
     if a.edit_samples < 0 or a.edit_batch < 1:
         raise InputError(f"--edit-samples must be 0 or more, --edit-batch positive: {a.edit_samples}, {a.edit_batch}")
+    strengths = None if a.edit_strength is None else _range(a.edit_strength, "--edit-strength")
+    if strengths is not None and not 0.0 < strengths[0] <= strengths[1] <= 1.0:
+        raise InputError(f"--edit-strength needs 0 < LOW <= HIGH <= 1, got {a.edit_strength}")
     try:
         a.out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -270,7 +278,7 @@ def _train(a: argparse.Namespace) -> None:
         raise InputError(f"--decoder-steps must be 0 or more, got {a.decoder_steps}")
     cfg = run_config(
         a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads, a.decoder_steps, a.recycle,
-        a.edit_samples, a.edit_batch, a.rollout,
+        a.edit_samples, a.edit_batch, a.rollout, strengths, a.structure,
     )
     folder = train_all(a.out, cfg, resume_run=not a.fresh, stop_after=a.stop_after)
     print(f"framecast: {a.stop_after} stage done in {folder}", file=sys.stderr)

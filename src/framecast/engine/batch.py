@@ -35,6 +35,7 @@ class PassRequest:
     window: int
     guidance: float = 1.0  # classifier-free guidance scale (1: off)
     uncond: PassRequest | None = None  # guided: the same frames under the empty prompt, with its own cache
+    structure: Tensor | None = None  # (1, Cs, F, H, W) encoded input frames (video to video, zeros: none)
 
 
 @dataclass
@@ -88,7 +89,7 @@ def _run_one(model: CausalWanDiT, r: PassRequest, mask_cache: dict[tuple, Tensor
     if not _all_visible(r):
         P, M = model.config.tokens_per_frame, _past_len(r)
         mask = _cached_mask(r, P, M, r.x.shape[2] * P, mask_cache, r.x.device)
-    out = model(r.x, r.t, r.pos, r.cross, r.past, mask)
+    out = model(r.x, r.t, r.pos, r.cross, r.past, mask, r.structure)
     return [PassResult(out.velocity, out.keys, out.values)]
 
 
@@ -110,8 +111,17 @@ def _run_many(model: CausalWanDiT, reqs: list[PassRequest], mask_cache: dict[tup
     mask = None
     if not all(r.x.shape[2] == Fmax and _past_len(r) == Mmax and _all_visible(r) for r in reqs):
         mask = torch.cat([_cached_mask(r, P, Mmax, Fmax * P, mask_cache, x.device) for r in reqs])  # (B, 1, N, M + N)
-    out = model(x, t, pos, cross, past, mask)
+    out = model(x, t, pos, cross, past, mask, _cat_structure(reqs, Fmax))
     return [PassResult(out.velocity[i : i + 1, :, : r.x.shape[2]], out.keys, out.values, i) for i, r in enumerate(reqs)]
+
+
+def _cat_structure(reqs: list[PassRequest], F: int) -> Tensor | None:
+    """Structure inputs of the rows (B, Cs, F, H, W), zeros for rows without one; None when no row has one."""
+    ref = next((r.structure for r in reqs if r.structure is not None), None)
+    if ref is None:
+        return None
+    none = ref.new_zeros((1, ref.shape[1], F, *ref.shape[3:]))
+    return torch.cat([none if r.structure is None else _pad(r.structure, 2, F) for r in reqs])
 
 
 def _past_len(r: PassRequest) -> int:

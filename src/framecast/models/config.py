@@ -38,6 +38,7 @@ class DiTConfig:
     chunk_frames: int = 3
     text_modulation: bool = False  # also add the pooled text to the timestep embedding (not in Wan2.1)
     precondition: bool = False  # velocity = skip(s) * x + scale(s) * network output (not in Wan2.1)
+    structure_channels: int = 0  # latent channels of a structure input (video to video); 0: none (not in Wan2.1)
     latent_height: int = 60
     latent_width: int = 104
     extra: dict[str, Any] = field(default_factory=dict)
@@ -49,6 +50,8 @@ class DiTConfig:
             raise ModelLoadError(f"head dim {self.head_dim} must be even and at least 6 for 3D RoPE")
         if self.patch_size[0] != 1:
             raise ModelLoadError("only a temporal patch size of 1 is supported (Wan2.1 uses 1x2x2)")
+        if self.structure_channels < 0:
+            raise ModelLoadError(f"structure_channels must be 0 or more, got {self.structure_channels}")
         for name in ("latent_height", "latent_width"):
             if getattr(self, name) % self.patch_size[1]:
                 raise ModelLoadError(f"{name} {getattr(self, name)} is not a multiple of the patch size")

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from framecast.errors import InputError
 from framecast.models.config import DiTConfig
 from framecast.models.rope import apply_rope, rope_angles
 
@@ -209,6 +210,15 @@ class CausalWanDiT(nn.Module):
         )
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.num_layers))
         self.head = Head(c)
+        # Structure input (video to video): the encoded input frames, added to the tokens through their own
+        # patch embedding. It starts at zero and has no bias, so a model grown from one without it draws
+        # what it drew before, and an all-zero input is the same as none. Registered last, so that the
+        # parameters of a model without it keep their order (a training state grows, see train/checkpoint.py).
+        self.structure_embedding: nn.Conv3d | None = None
+        if c.structure_channels:
+            conv = nn.Conv3d(c.structure_channels, c.dim, c.patch_size, stride=c.patch_size, bias=False)
+            nn.init.zeros_(conv.weight)
+            self.structure_embedding = conv
 
     def cross_kv(self, text: Tensor) -> CrossKV:
         """Text embeddings (B, T, text_dim) -> per-layer cross-attention keys/values, cached per prompt."""
@@ -227,16 +237,23 @@ class CausalWanDiT(nn.Module):
         cross: CrossKV,
         past: PastKV | None = None,
         mask: Tensor | None = None,
+        structure: Tensor | None = None,
     ) -> DiTOutput:
         """One pass over the latent frames x: (B, C, F, H, W) at timesteps t: (B, F).
 
         frame_pos: (B, F) temporal RoPE positions; past: keys/values to attend to (already rotated);
-        mask: (B, 1, N, M + N) bool, True where a query token may attend (None: attend to everything).
+        mask: (B, 1, N, M + N) bool, True where a query token may attend (None: attend to everything);
+        structure: (B, Cs, F, H, W) encoded input frames of a model with `structure_channels` (zeros where a
+        frame has none), or None.
         """
         c = self.config
         B, _, Fr, H, W = x.shape
         grid = (H // c.patch_size[1], W // c.patch_size[2])
         tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, D, F, h, w)
+        if structure is not None:
+            if self.structure_embedding is None:
+                raise InputError("this model takes no structure input (its structure_channels is 0)")
+            tokens = tokens + self.structure_embedding(structure.to(tokens.dtype))  # (B, D, F, h, w)
         tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, F, P, D)
         e = self.time_embedding(sinusoidal(t, c.freq_dim).type_as(tokens)).float()  # (B, F, D)
         if cross.mod is not None:

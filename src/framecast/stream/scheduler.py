@@ -17,6 +17,8 @@ unconditional branch, too, sees the same context in both schedules.
 Video to video (SDEdit): a chunk admitted with a queued `ChunkInput` starts from its input noised to its
 strength s and runs the same `steps` passes over the schedule restricted to [0, s]; the row's pass tables
 then depend on the start strength of each chunk too. Nothing else changes, so both schedules still agree.
+A model with a structure input (`DiTConfig.structure_channels`) also reads each chunk's encoded input in
+every pass of it, the clean pass too (`InFlight.structure`).
 """
 
 from __future__ import annotations
@@ -42,12 +44,14 @@ def admit(state: StreamState, cond: Condition) -> None:
     """Start the next chunk; it joins the row last. It starts from noise drawn from the stream's own generator,
     or, when the front end queued an input for it (video to video), from that input noised to its strength:
     (1 - s) * latent + s * noise with the same noise (so strength 1 gives exactly the text-to-video chunk)."""
-    x, strength = _next_noise(state), 1.0  # (1, C, cf, H, W)
+    x, strength, structure = _next_noise(state), 1.0, None  # (1, C, cf, H, W)
     if state.inputs:
         inp = state.inputs.popleft()
-        x, strength = add_noise(inp.latent.to(x), x, inp.strength), inp.strength
+        latent = inp.latent.to(x)
+        x, strength = add_noise(latent, x, inp.strength), inp.strength
+        structure = latent if state.structured else None
     state.x = x if state.x is None else torch.cat([state.x, x], 2)
-    state.inflight.append(InFlight(state.next_chunk, 0, cond, strength))
+    state.inflight.append(InFlight(state.next_chunk, 0, cond, strength, structure))
     state.next_chunk += 1
 
 
@@ -210,11 +214,22 @@ def _request(state: StreamState, rows: list[InFlight], tick: int, slots: list[in
         past_chunk=pc,
         sinks=cfg.sink_chunks,
         window=cfg.window_chunks,
+        structure=_structure(rows),
     )
     if state.null_ring is not None:  # guided: the same frames under the empty prompt, from its own cache
         uncond = dataclasses.replace(req, cross=_null_cross(state, x.shape[2]), past=_past(state.null_ring, slots))
         req.guidance, req.uncond = cfg.guidance, uncond
     return req
+
+
+def _structure(rows: list[InFlight]) -> Tensor | None:
+    """Structure input (1, C, F, H, W) of the row's chunks, zeros for chunks without one; None when none has one."""
+    ref = next((r.structure for r in rows if r.structure is not None), None)
+    if ref is None:
+        return None
+    if len(rows) == 1:
+        return ref
+    return torch.cat([ref.new_zeros(ref.shape) if r.structure is None else r.structure for r in rows], 2)
 
 
 def _noised_context(state: StreamState, x: Tensor, final: int) -> Tensor:

@@ -42,7 +42,8 @@ class ChunkInput:
 
     latent:   (1, C, cf, H, W) the input frames of the chunk, encoded.
     strength: s in (0, 1]: the chunk starts at (1 - s) * latent + s * noise and is denoised by the stream's
-              `steps` passes over the schedule restricted to [0, s] (`flow.sdedit_sigmas`); 1 ignores the input.
+              `steps` passes over the schedule restricted to [0, s] (`flow.sdedit_sigmas`); at 1 the start
+              ignores the input. A model with a structure input also reads the latent in every pass.
     """
 
     latent: Tensor
@@ -58,6 +59,7 @@ class InFlight:
     next_pass: int
     cond: Condition
     strength: float = 1.0
+    structure: Tensor | None = None  # (1, C, cf, H, W) its encoded input, for a model with a structure input
 
 
 @dataclass
@@ -93,6 +95,7 @@ class StreamState:
     null_ring: RingKV | None = None  # guided: the unconditional row's own cache (same slots as `ring`)
     null_cross: tuple[int, CrossKV] | None = None  # (F, its per-frame view) of `null`
     context_generator: torch.Generator | None = None  # noise of the clean pass (`StreamConfig.context_noise`)
+    structured: bool = False  # the model takes a structure input: inputs also go in as `InFlight.structure`
 
     @classmethod
     def create(
@@ -119,7 +122,7 @@ class StreamState:
         null_ring = RingKV.empty(*dims, list(stage)) if cfg.guided else None
         return cls(
             cfg, plan, ring, gen, sigmas(cfg.steps, cfg.shift), shape,
-            null=null, null_ring=null_ring, context_generator=ctx,
+            null=null, null_ring=null_ring, context_generator=ctx, structured=mc.structure_channels > 0,
         )  # fmt: skip
 
     def memory_bytes(self) -> int:

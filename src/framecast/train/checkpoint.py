@@ -72,16 +72,42 @@ def save_checkpoint(ts: TrainState, folder: Path) -> None:
 
 
 def load_checkpoint(ts: TrainState, folder: Path) -> None:
-    """Restore `ts` in place from `folder`; a clear `ModelLoadError` if it is incomplete."""
+    """Restore `ts` in place from `folder`; a clear `ModelLoadError` if it is incomplete.
+
+    A model may have grown since the checkpoint: parameters it registers after all the saved ones (a new
+    input, such as the DiT's structure embedding) keep their initial values and start with a fresh
+    optimizer state; everything saved is restored. The optimizer's grouping (learning-rate scales) is the
+    current one: its state is indexed in model order whatever the groups.
+    """
     files = ["model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json"]
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
         raise ModelLoadError(f"checkpoint {folder} is incomplete: missing {', '.join(missing)}")
     meta = json.loads((folder / "state.json").read_text())
-    ts.model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    ts.ema.load_state_dict(load_file(str(folder / "ema.safetensors")))
-    ts.optimizer.load_state_dict(_unflat_optimizer(load_file(str(folder / "optimizer.safetensors")), meta["optimizer"]))
+    weights = load_file(str(folder / "model.safetensors"))
+    new = _grown(ts.model, weights, folder)
+    ts.model.load_state_dict(weights, strict=not new)
+    ts.ema.load_state_dict(load_file(str(folder / "ema.safetensors")), strict=not new)
+    opt = _unflat_optimizer(load_file(str(folder / "optimizer.safetensors")), meta["optimizer"])
+    current = ts.optimizer.state_dict()["param_groups"]
+    if [len(g["params"]) for g in opt["param_groups"]] != [len(g["params"]) for g in current]:
+        opt["param_groups"] = current  # grown, or grouped otherwise: the state is indexed in model order
+    ts.optimizer.load_state_dict(opt)
     ts.step, ts.extra = int(meta["step"]), dict(meta.get("extra", {}))
+
+
+def _grown(model: nn.Module, saved: dict[str, Tensor], folder: Path) -> list[str]:
+    """Names of the model's parameters the checkpoint lacks: [] for the same model; an error unless they are
+    the model's last parameters (so the saved optimizer state keeps its order) and nothing saved is unknown."""
+    names = [n for n, _ in model.named_parameters()]
+    new = [n for n in names if n not in saved]
+    unknown = sorted(set(saved) - set(model.state_dict()))
+    if unknown or (new and names[-len(new) :] != new):
+        raise ModelLoadError(
+            f"checkpoint {folder} does not fit this model: unknown {unknown[:3]}, missing {new[:3]}"
+            " (only parameters registered after all the saved ones may be new)"
+        )
+    return new
 
 
 @torch.no_grad()

@@ -65,6 +65,7 @@ class DiTTrainConfig:
     edit_batch: int = 0  # edit pairs per step besides `batch` (see train/edit.py); 0: none
     edit_strength: tuple[float, float] = (0.5, 0.95)  # video-to-video strengths the edit pairs start from
     edit_fresh: float = 0.35  # share of the edit pairs that train a stream's first chunk alone (no context)
+    structure_drop: float = 0.1  # share of the edit pairs a model with a structure input sees without it
 
 
 def stream_levels(rng: np.random.Generator, groups: int, shift: float) -> np.ndarray:
@@ -186,9 +187,22 @@ def edit_loss(
     )
     mask = attention_mask(x.shape[2], model.config.tokens_per_frame, cfg)
     cross = per_group_cross(model, batch["text"], batch["text_index"])
-    out = model(x, sigma * 1000.0, batch["positions"], cross, None, mask)
+    structure = edit_structure(model, batch, rng, cfg.structure_drop)
+    out = model(x, sigma * 1000.0, batch["positions"], cross, None, mask, structure)
     loss = weighted_error(out.velocity.float(), target, batch["objects"], weight, cfg)
     return loss, {"edit": loss.item()}
+
+
+def edit_structure(
+    model: CausalWanDiT, batch: dict[str, Tensor], rng: np.random.Generator, drop: float
+) -> Tensor | None:
+    """The structure input of an edit batch: its source latents (B, C, G, h, w), every group (a stream gives every
+    chunk its input frames), zeros for a share `drop` of the samples; None for a model without the input."""
+    if not model.config.structure_channels:
+        return None
+    source = batch["source"].transpose(1, 2)  # (B, C, G, h, w)
+    keep = torch.from_numpy(rng.random(source.shape[0]) >= drop).to(source.dtype)  # (B,)
+    return source * keep[:, None, None, None, None]
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,13 +29,28 @@ class LoopConfig:
     ema: float = 0.999
     checkpoint_every: int = 500
     seed: int = 0
+    lr_scale: tuple[tuple[str, float], ...] = ()  # (name prefix, factor): those parameters learn at factor x lr
 
 
 def new_state(model: nn.Module, cfg: LoopConfig) -> TrainState:
     """Model, a frozen EMA copy and AdamW."""
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
     return TrainState(model, ema, opt)
+
+
+def param_groups(model: nn.Module, cfg: LoopConfig) -> list[dict[str, Any]]:
+    """The parameters in model order: one group, then one per `cfg.lr_scale` entry that names any (a new
+    input learning faster than the trained rest). The groups keep model order, so a checkpoint's optimizer
+    state (indexed in that order) fits any grouping."""
+    named = list(model.named_parameters())
+    scale = [next((f for prefix, f in cfg.lr_scale if n.startswith(prefix)), 1.0) for n, _ in named]
+    groups: list[dict[str, Any]] = []
+    for (_, p), f in zip(named, scale, strict=True):
+        if not groups or groups[-1]["lr_scale"] != f:
+            groups.append({"params": [], "lr_scale": f})
+        groups[-1]["params"].append(p)
+    return groups
 
 
 def resume(ts: TrainState, ckpt: Path) -> bool:
@@ -78,8 +94,9 @@ def train(
 
 
 def _update(ts: TrainState, cfg: LoopConfig, loss: Tensor) -> None:
+    lr = lr_at(ts.step, cfg.steps, cfg.lr, cfg.warmup)
     for group in ts.optimizer.param_groups:
-        group["lr"] = lr_at(ts.step, cfg.steps, cfg.lr, cfg.warmup)
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     ts.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(ts.model.parameters(), cfg.clip)

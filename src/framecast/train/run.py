@@ -31,6 +31,7 @@ from framecast.train.loop import new_state, resume, train
 
 log = logging.getLogger(__name__)
 
+STRUCTURE_LR = 10.0
 SAMPLE_PROMPTS = ("a red circle moving left", "a blue square bouncing off the walls on a white background")
 
 
@@ -138,6 +139,8 @@ def run_config(
     edit_samples: int = 0,
     edit_batch: int = 4,
     rollout: float = 0.0,
+    edit_strength: tuple[float, float] | None = None,
+    structure: bool = False,
 ) -> RunConfig:
     """The recipe of the built-in model with the command line's sizes."""
     base = replace(RunConfig(), decoder_steps=decoder_steps)
@@ -145,6 +148,11 @@ def run_config(
     dit_loop = replace(base.dit.loop, steps=dit_steps, seed=seed)
     edit_batch = edit_batch if edit_samples else 0
     dit = replace(base.dit, batch=batch, recycle=recycle, rollout=rollout, loop=dit_loop, edit_batch=edit_batch)
+    if edit_strength is not None:
+        dit = replace(dit, edit_strength=edit_strength)
+    if structure:  # the new input starts at zero beside a trained model: it learns at STRUCTURE_LR x the rate
+        loop = replace(dit.loop, lr_scale=(("structure_embedding.", STRUCTURE_LR),))
+        dit = replace(dit, model=replace(dit.model, structure_channels=dit.model.in_channels), loop=loop)
     edits = replace(base.edits, samples=edit_samples)
     latents = replace(base.latents, samples=samples)
     return replace(base, autoencoder=ae, dit=dit, latents=latents, edits=edits, threads=threads)
