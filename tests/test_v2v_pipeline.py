@@ -248,3 +248,34 @@ def test_cli_generate_input_errors(
     _fails(base + ["--input", str(clip), "--strength-range", "0.9:0.2"], capsys, "low <= high")
     _fails(base + ["--strength", "0.5"], capsys, "need --input")
     assert not Path(out).exists()
+
+
+def test_a_model_folder_brings_its_own_strengths(
+    tmp_path: Path, v2v_files: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`motion` in framecast.json sets the model's strengths under every front end; flags still override them,
+    and an unknown key is a clear error."""
+    model, clip = v2v_files
+    folder = _copy_model(model, tmp_path / "m", {"low": 0.8, "high": 0.8, "fixed": 0.9})
+    pipe = Pipeline.load(folder)
+    assert (pipe.motion_config().low, pipe.motion_config(high=0.95).high) == (0.8, 0.95)
+    stream = pipe.video_stream("red", _clip(pipe, 8), steps=1)
+    assert stream.feed is not None and stream.feed.cfg.motion.fixed == 0.9
+    out = str(tmp_path / "out.mp4")
+    args = ["generate", "a blue square", "--input", str(clip), "-o", out, "--model", str(folder), "--steps", "1"]
+    assert main(args) == 0
+    assert "last strength 0.8\n" in capsys.readouterr().err
+    assert main(args + ["--strength-range", "0.6:0.6"]) == 0
+    assert "last strength 0.6\n" in capsys.readouterr().err
+    _copy_model(model, tmp_path / "bad", {"lowest": 0.1})
+    _fails(["generate", "x", "-o", out, "--model", str(tmp_path / "bad")], capsys, "unknown motion keys")
+
+
+def _copy_model(model: Path, dst: Path, motion: dict[str, float]) -> Path:
+    import json
+    import shutil
+
+    shutil.copytree(model, dst)
+    cfg = json.loads((dst / "framecast.json").read_text())
+    (dst / "framecast.json").write_text(json.dumps({**cfg, "motion": motion}))
+    return dst

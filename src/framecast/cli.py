@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
     from framecast.stream.config import StreamConfig
     from framecast.stream.live import Stream
-    from framecast.v2v import V2VConfig, VideoFileSource
+    from framecast.v2v import MotionConfig, V2VConfig, VideoFileSource
 
 
 def _prompt_at(text: str) -> tuple[float, str]:
@@ -111,8 +112,8 @@ def _v2v_args(g: argparse.ArgumentParser) -> None:
                    help="nearly identical input chunks re-emit the last output instead of running the model")
 
 
-def _v2v_config(a: argparse.Namespace) -> V2VConfig:
-    """The video-to-video settings of `generate`, checked."""
+def _v2v_config(a: argparse.Namespace, base: MotionConfig | None = None) -> V2VConfig:
+    """The video-to-video settings of `generate` over the model's strengths `base`, checked."""
     from framecast.v2v import MotionConfig, SimilarityConfig, V2VConfig
 
     if a.input is None:
@@ -121,11 +122,12 @@ def _v2v_config(a: argparse.Namespace) -> V2VConfig:
         return V2VConfig()
     if a.strength is not None and a.motion_aware:
         raise InputError("--strength fixes the strength of every chunk; leave out --motion-aware or --strength")
-    base = MotionConfig()
+    base = base or MotionConfig()
     low, high = base.low, base.high
     if a.strength_range is not None:
         low, high = _range(a.strength_range)
-    motion = MotionConfig(
+    motion = dataclasses.replace(
+        base,
         enabled=a.strength is None and a.motion_aware is not False,
         low=low,
         high=high,
@@ -178,9 +180,10 @@ def _generate(a: argparse.Namespace) -> None:
     if a.fps is not None and not a.fps > 0:
         raise InputError(f"--fps must be positive, got {a.fps}")
     changes = [_prompt_at(x) for x in a.prompt_at]
-    v2v = _v2v_config(a)
+    _v2v_config(a)  # checked before the model loads
     source = _open_input(a) if a.input is not None else None  # a bad input file costs nothing either
     pipe = Pipeline.load(_model(a, source is not None), device=a.device, random_weights=a.random_weights)
+    v2v = _v2v_config(a, pipe.motion_config())
     overrides = {"batch_steps": not a.sequential, **_sampling_overrides(a)}
     pipe.stream_config(**overrides)  # validate before any file is opened
     if source is None:
@@ -337,6 +340,7 @@ def _eval_v2v(a: argparse.Namespace) -> None:
     settings.v2v()  # validate the strength before the model loads
     pipe = Pipeline.load(_model(a, follows_input=True), device=a.device, random_weights=a.random_weights)
     pipe.stream_config(**settings.overrides())
+    settings.motion = pipe.motion_config()
     result = run_v2v_eval(pipe, settings, lambda m: print(f"eval-v2v: {m}", file=sys.stderr))
     print(format_table(result))
     if a.json is not None:

@@ -35,6 +35,7 @@ from framecast.models.weights import read_json
 from framecast.stream.config import StreamConfig
 from framecast.stream.live import Conditioner, Stream
 from framecast.stream.state import Condition, StreamState
+from framecast.v2v.controller import MotionConfig
 from framecast.v2v.feed import InputFeed, V2VConfig
 from framecast.v2v.sources import as_source
 
@@ -50,12 +51,16 @@ class PipelineConfig:
     text_encoder: str = "minilm"
     stream: dict[str, Any] = field(default_factory=dict)
     autoencoder: str = "autoencoder"  # its folder, relative to the model folder (models may share one)
+    motion: dict[str, Any] = field(default_factory=dict)  # the model's video-to-video strengths (MotionConfig)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         if set(d) - known:
             raise ModelLoadError(f"unknown keys in {PIPELINE_FILE}: {', '.join(sorted(set(d) - known))}")
+        motion = {f.name for f in dataclasses.fields(MotionConfig)}
+        if set(d.get("motion", {})) - motion:
+            raise ModelLoadError(f"unknown motion keys in {PIPELINE_FILE}: {sorted(set(d['motion']) - motion)}")
         return cls(**d)
 
 
@@ -142,6 +147,11 @@ class Pipeline:
         state = StreamState.create(self.dit.config, cfg, seed, self.dtype, self.device, null)
         return Stream(self.engine, state, _check_prompt(prompt), self.conditioner, self._decode)
 
+    def motion_config(self, **overrides: Any) -> MotionConfig:
+        """The motion-aware strength settings: `MotionConfig` defaults, then the model's own (`framecast.json`),
+        then `overrides`."""
+        return MotionConfig(**{**self.config.motion, **overrides})
+
     def video_stream(
         self, prompt: str, source: object, seed: int = 0, v2v: V2VConfig | None = None, **overrides: Any
     ) -> Stream:
@@ -149,6 +159,7 @@ class Pipeline:
         iterable of uint8 frames): each input chunk is encoded, noised to its strength and denoised under
         the prompt. Iterating it ends when a finite source does; `stream.feed.stats` says what happened."""
         stream = self.stream(prompt, seed, **overrides)
+        v2v = v2v or V2VConfig(self.motion_config())
         stream.feed = InputFeed(as_source(source), self._encode, self.frame_size, self.frames_per_chunk, v2v)
         return stream
 
@@ -167,7 +178,7 @@ class Pipeline:
         controller of `v2v` (by default on). Similar chunks skip the model as `v2v.similarity` says.
         """
         if strength is not None:
-            base = v2v or V2VConfig()
+            base = v2v or V2VConfig(self.motion_config())
             v2v = dataclasses.replace(base, motion=dataclasses.replace(base.motion, enabled=False, fixed=strength))
         return iter(self.video_stream(prompt, source, seed, v2v, **overrides))
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,9 +45,10 @@ class V2VEvalSettings:
     live_seconds: float = 4.0  # 0: no live run
     seed: int = 0
     stream: dict[str, Any] = field(default_factory=dict)  # more StreamConfig overrides (guidance, ...)
+    motion: MotionConfig = field(default_factory=MotionConfig)  # the controller (`Pipeline.motion_config`)
 
     def v2v(self) -> V2VConfig:
-        motion = MotionConfig() if self.strength is None else MotionConfig(enabled=False, fixed=self.strength)
+        motion = self.motion if self.strength is None else replace(self.motion, enabled=False, fixed=self.strength)
         return V2VConfig(motion, SimilarityConfig(enabled=self.skip_similar))
 
     def overrides(self) -> dict[str, Any]:

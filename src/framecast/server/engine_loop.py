@@ -38,7 +38,7 @@ from framecast.server.session import Close, Command, Session, SessionStats, SetP
 from framecast.server.settings import ServerSettings
 from framecast.stream.live import Stream
 from framecast.stream.state import Condition, StreamState
-from framecast.v2v import Action, FrameSource, LiveSource, MotionConfig, V2VConfig, VideoFileSource
+from framecast.v2v import Action, FrameSource, LiveSource, V2VConfig, VideoFileSource
 
 log = logging.getLogger("framecast.server.engine")
 IDLE_WAIT_S = 0.1  # longest sleep with nothing due; commands wake the loop at once
@@ -177,7 +177,8 @@ class EngineLoop:
         if p.source == "none":
             stream = self.pipeline.stream(p.prompt, seed=p.seed, steps=p.steps, batch_steps=True)
         else:
-            v2v = V2VConfig(MotionConfig() if p.strength is None else MotionConfig(enabled=False, fixed=p.strength))
+            fixed = {} if p.strength is None else {"enabled": False, "fixed": p.strength}
+            v2v = V2VConfig(self.pipeline.motion_config(**fixed))
             source = self._open_input(s, p.source)
             stream = self.pipeline.video_stream(p.prompt, source, p.seed, v2v, steps=p.steps, batch_steps=True)
         s.stats = SessionStats()
