@@ -107,7 +107,7 @@ def _v2v_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--motion-aware", action=argparse.BooleanOptionalAction, default=None,
                    help="strength from the input's motion (default: on unless --strength is given)")
     g.add_argument("--strength-range", default=None, metavar="LOW:HIGH",
-                   help="bounds of the motion-aware strength (default: 0.5:0.65)")
+                   help="bounds of the motion-aware strength (default: the model's; tiny-v2v 0.85:0.95)")
     g.add_argument("--skip-similar", action=argparse.BooleanOptionalAction, default=True,
                    help="nearly identical input chunks re-emit the last output instead of running the model")
 
