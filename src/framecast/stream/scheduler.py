@@ -43,7 +43,8 @@ CACHE_LIMIT = 256  # pass tables (and 64 schedules) kept per stream; video-to-vi
 def admit(state: StreamState, cond: Condition) -> None:
     """Start the next chunk; it joins the row last. It starts from noise drawn from the stream's own generator,
     or, when the front end queued an input for it (video to video), from that input noised to its strength:
-    (1 - s) * latent + s * noise with the same noise (so strength 1 gives exactly the text-to-video chunk)."""
+    (1 - s) * latent + s * noise with the same noise (so strength 1 gives exactly the text-to-video chunk, unless
+    the model also reads the input as its structure: then the chunk keeps it for every pass)."""
     x, strength, structure = _next_noise(state), 1.0, None  # (1, C, cf, H, W)
     if state.inputs:
         inp = state.inputs.popleft()
