@@ -117,20 +117,27 @@ def test_interleaved_streams_equal_alone(batch_steps: bool, text_modulation: boo
     model = tiny_model(text_modulation=text_modulation, precondition=text_modulation)
     cfg = StreamConfig(steps=3, window_chunks=2, sink_chunks=1, refresh_chunks=4, batch_steps=batch_steps)
     alone_a, alone_b = _run(model, cfg, 6, seed=1, text="red"), _run(model, cfg, 6, seed=2, text="blue")
-    a, b, eng = _state(model, cfg, 1), _state(model, cfg, 2), Engine(model)
-    ca, cb = _cond(model, "red"), _cond(model, "blue")
-    out_a: list[torch.Tensor] = []
-    out_b: list[torch.Tensor] = []
-    for i in range(40):  # b starts late and sometimes runs alone: rows of different lengths in one batch
-        pairs = [(a, ca, out_a), (b, cb, out_b)] if i >= 2 and i % 3 else [(a, ca, out_a)]
-        res = eng.step([p[0] for p in pairs], [(lambda c=p[1]: c) for p in pairs])
-        for p, r in zip(pairs, res, strict=True):
-            p[2].extend(r)
-        if len(out_a) >= 6 and len(out_b) >= 6:
-            break
-    torch.testing.assert_close(torch.stack(out_a[:6]), alone_a, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(torch.stack(out_b[:6]), alone_b, rtol=1e-5, atol=1e-5)
+    a, b = _state(model, cfg, 1), _state(model, cfg, 2)
+    out_a, out_b = interleave(Engine(model), (a, _cond(model, "red")), (b, _cond(model, "blue")), 6)
+    torch.testing.assert_close(out_a, alone_a, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_b, alone_b, rtol=1e-5, atol=1e-5)
     assert (alone_a - alone_b).abs().max() > 1e-2
+
+
+def interleave(
+    eng: Engine, a: tuple[StreamState, Condition], b: tuple[StreamState, Condition], n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step streams a and b (state, condition) through one engine until each has n chunks (n, C, cf, H, W);
+    b starts late and sometimes sits out, so batches hold rows of different lengths."""
+    out: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+    for i in range(40):
+        pairs = [(a, out[0]), (b, out[1])] if i >= 2 and i % 3 else [(a, out[0])]
+        res = eng.step([p[0][0] for p in pairs], [(lambda c=p[0][1]: c) for p in pairs])
+        for p, r in zip(pairs, res, strict=True):
+            p[1].extend(r)
+        if len(out[0]) >= n and len(out[1]) >= n:
+            break
+    return torch.stack(out[0][:n]), torch.stack(out[1][:n])
 
 
 def test_ten_thousand_chunks_bounded() -> None:

@@ -18,7 +18,7 @@ from framecast.train.checkpoint import load_checkpoint, save_checkpoint
 from framecast.train.dit import DiTTrainConfig, edit_loss, edit_structure, new_model
 from framecast.train.loop import LoopConfig, _update, new_state, param_groups
 from tests.conftest import tiny_config, tiny_model
-from tests.test_stream_core import _cond
+from tests.test_stream_core import _cond, interleave
 from tests.test_v2v_core import _inputs
 
 BASE = dict(steps=3, window_chunks=2, sink_chunks=1, refresh_chunks=4)
@@ -82,21 +82,13 @@ def test_structured_stream_beside_a_text_stream_equals_alone() -> None:
     cfg = StreamConfig(**BASE)  # type: ignore[arg-type]
     inputs = _inputs(model, 20, [0.8, 1.0])
     alone_v, alone_t = _run(model, cfg, inputs, 6, seed=1), _run(model, cfg, [], 6, seed=2)
-    v, t, eng = _new_state(model, cfg, 1), _new_state(model, cfg, 2), Engine(model)
+    v, t = _new_state(model, cfg, 1), _new_state(model, cfg, 2)
     for inp in inputs:
         scheduler.queue_input(v, inp)
-    cv = ct = _cond(model, "red")
-    out_v: list[torch.Tensor] = []
-    out_t: list[torch.Tensor] = []
-    for i in range(40):  # the text stream starts late and sometimes sits out: rows of different lengths
-        pairs = [(v, cv, out_v), (t, ct, out_t)] if i >= 2 and i % 3 else [(v, cv, out_v)]
-        res = eng.step([p[0] for p in pairs], [(lambda c=p[1]: c) for p in pairs])
-        for p, r in zip(pairs, res, strict=True):
-            p[2].extend(r)
-        if len(out_v) >= 6 and len(out_t) >= 6:
-            break
-    torch.testing.assert_close(torch.stack(out_v[:6]), alone_v, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(torch.stack(out_t[:6]), alone_t, rtol=1e-5, atol=1e-5)
+    cond = _cond(model, "red")
+    out_v, out_t = interleave(Engine(model), (v, cond), (t, cond), 6)
+    torch.testing.assert_close(out_v, alone_v, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_t, alone_t, rtol=1e-5, atol=1e-5)
 
 
 def test_structure_on_a_model_without_the_input_is_refused() -> None:

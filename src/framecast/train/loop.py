@@ -40,9 +40,9 @@ def new_state(model: nn.Module, cfg: LoopConfig) -> TrainState:
 
 
 def param_groups(model: nn.Module, cfg: LoopConfig) -> list[dict[str, Any]]:
-    """The parameters in model order: one group, then one per `cfg.lr_scale` entry that names any (a new
-    input learning faster than the trained rest). The groups keep model order, so a checkpoint's optimizer
-    state (indexed in that order) fits any grouping."""
+    """The parameters in model order, cut into groups wherever their learning-rate factor (`cfg.lr_scale`, by
+    name prefix; 1 otherwise) changes: one group for a plain model, a second for a new input registered last.
+    The groups keep model order, so a checkpoint's optimizer state (indexed in that order) fits any grouping."""
     named = list(model.named_parameters())
     scale = [next((f for prefix, f in cfg.lr_scale if n.startswith(prefix)), 1.0) for n, _ in named]
     groups: list[dict[str, Any]] = []
