@@ -17,12 +17,13 @@ from framecast.evaluation.v2v import (
     cases,
     format_table,
     position_correlation,
+    reference_scores,
     run_v2v_eval,
     unwrap,
 )
-from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder
+from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, load_autoencoder
 from framecast.models.dit import CausalWanDiT
-from framecast.pipeline import Pipeline
+from framecast.pipeline import WEIGHTS_DIR, Pipeline
 from framecast.world import render, track
 from tests.conftest import RandomTextEncoder, tiny_config
 from tests.test_pipeline import _fails
@@ -31,9 +32,8 @@ from tests.test_pipeline import _fails
 def _perfect_output(case_index: int, frames: int = 48) -> tuple[np.ndarray, np.ndarray, str, str, str]:
     """An input clip and what an ideal model would draw: the same motion path, the prompt's color and shape."""
     case = cases(case_index + 1, 0, 64, 64)[case_index]
-    obj = case.scene.objects[0]
-    target = dataclasses.replace(case.scene, objects=(dataclasses.replace(obj, color=case.color, shape=case.shape),))
-    return render(case.scene, 0, frames), render(target, 0, frames), case.color, case.shape, obj.motion
+    motion = case.scene.objects[0].motion
+    return render(case.scene, 0, frames), render(case.target, 0, frames), case.color, case.shape, motion
 
 
 @pytest.mark.parametrize("index", range(5))  # left, right, up, down, bounce: wrapping tracks included
@@ -74,6 +74,23 @@ def test_cases_change_color_and_shape_and_cover_the_motions() -> None:
         assert c.color != obj.color and c.shape != obj.shape and c.color in c.prompt and c.shape in c.prompt
 
 
+def test_the_target_keeps_everything_but_color_and_shape() -> None:
+    case = cases(3, 1, 64, 64)[2]
+    src, tgt = case.scene.objects[0], case.target.objects[0]
+    assert (tgt.color, tgt.shape) == (case.color, case.shape)
+    assert dataclasses.replace(tgt, color=src.color, shape=src.shape) == src
+    assert case.target.background == case.scene.background
+
+
+def test_the_reference_is_the_ideal_output_through_the_shipped_autoencoder() -> None:
+    cfg = tiny_config(in_channels=16, out_channels=16, latent_height=8, latent_width=8, chunk_frames=1)
+    ae = load_autoencoder(WEIGHTS_DIR / "tiny" / "autoencoder")
+    pipe = Pipeline(CausalWanDiT(cfg), ae, RandomTextEncoder(cfg.text_dim))
+    scores = [reference_scores(pipe, case, 24) for case in cases(5, 0, 64, 64)]  # circles to stars, all motions
+    assert all(s["color"] == 1.0 and s["motion"] == 1.0 for s in scores)
+    assert sum(s["shape"] for s in scores) >= 4  # the autoencoder keeps most shapes (stars are the hard ones)
+
+
 def _tiny() -> Pipeline:
     torch.manual_seed(0)
     cfg = tiny_config(latent_height=4, latent_width=4, chunk_frames=1)
@@ -87,8 +104,10 @@ def test_v2v_eval_runs_end_to_end_on_a_tiny_random_model() -> None:
     assert len(result.clips) == 2 and -1.0 <= result.follow["position_corr"] <= 1.0
     assert result.lag["latency_frames_max"] <= result.lag["latency_bound"] == 7
     assert result.live["frames_pushed"] == 16 == result.live["frames_out"] + result.live["dropped"]
+    assert set(result.reference) == {"color", "shape", "motion"}
+    assert all(0.0 <= v <= 1.0 for v in result.reference.values())
     json.dumps(result.to_json(), allow_nan=False)
-    assert "position_corr" in format_table(result)
+    assert "position_corr" in format_table(result) and "reference" in format_table(result)
 
 
 def test_cli_eval_v2v_bad_arguments(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

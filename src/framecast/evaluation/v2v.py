@@ -10,6 +10,8 @@ background), and the world's detector reads both clips:
 * lag:     what the stream measured (input frames read beyond output frame i when it came out; how much
            older the input frame it shows is) with their bounds, and the shift between the input and output
            tracks that correlates best, measured from the pixels.
+* reference: the prompt figures of the ideal output (the input scene restyled as the prompt asks) after a
+           round trip through the model's autoencoder: the most a denoiser could score through that decoder.
 * live:    one clip pushed in real time (the model's fps) into a `LiveSource`: frames out per second, input
            frames dropped, wall-clock latency from an input chunk's arrival to its output.
 """
@@ -23,8 +25,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from framecast.evaluation.scoring import frame_hits, score_clip
+from framecast.io.frames import frames_to_uint8, uint8_to_frames
 from framecast.pipeline import Pipeline
 from framecast.v2v import LiveSource, MotionConfig, SimilarityConfig, V2VConfig
 from framecast.v2v.feed import content_lag_bound, latency_bound
@@ -60,6 +64,7 @@ class V2VEvalResult:
     follow: dict[str, float] = field(default_factory=dict)
     prompt: dict[str, float] = field(default_factory=dict)
     lag: dict[str, float] = field(default_factory=dict)
+    reference: dict[str, float] = field(default_factory=dict)
     live: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     clips: list[dict[str, Any]] = field(default_factory=list)
@@ -85,6 +90,12 @@ class Case:
     def source(self) -> tuple[str, str, str]:
         o = self.scene.objects[0]
         return o.color, o.shape, o.motion
+
+    @property
+    def target(self) -> Scene:
+        """The ideal output's scene: the input's, its object in the prompt's color and shape."""
+        o = self.scene.objects[0]
+        return replace(self.scene, objects=(replace(o, color=self.color, shape=self.shape),))
 
 
 def cases(n: int, seed: int, height: int, width: int) -> list[Case]:
@@ -167,7 +178,19 @@ def run_clip(pipe: Pipeline, case: Case, s: V2VEvalSettings, frames: int) -> dic
         "content_lag_frames": float(st.max_content_lag_frames),
         "skipped": float(st.skipped),
         "strength": st.mean_strength,
+        **{f"ref_{k}": v for k, v in reference_scores(pipe, case, frames).items()},
     }
+
+
+@torch.inference_mode()
+def reference_scores(pipe: Pipeline, case: Case, frames: int) -> dict[str, float]:
+    """Prompt figures of the ideal output (`case.target`) encoded and decoded by the pipeline's autoencoder."""
+    ideal = render(case.target, 0, frames)  # (T, H, W, 3)
+    ae = pipe.autoencoder
+    decoded = frames_to_uint8(ae.decode(ae.encode(uint8_to_frames(ideal, pipe.device))))  # (T, H, W, 3)
+    color, shape, motion = case.color, case.shape, case.source[2]
+    score = score_clip(decoded[pipe.frames_per_chunk :], color, shape, motion)
+    return {"color": float(score.color), "shape": float(score.shape), "motion": float(score.motion)}
 
 
 def live_run(pipe: Pipeline, s: V2VEvalSettings) -> dict[str, float]:
@@ -224,6 +247,7 @@ def run_v2v_eval(
     result = V2VEvalResult(
         follow={"position_corr": mean("corr"), "min_corr": min(r["corr"] for r in rows), "found": mean("found")},
         prompt={k: mean(k) for k in ("color", "shape", "motion", "color_frames", "shape_frames")},
+        reference={k: mean(f"ref_{k}") for k in ("color", "shape", "motion")},
         lag={
             "latency_frames_max": max(r["latency_frames"] for r in rows),
             "latency_bound": float(latency_bound(cfg, per)),
@@ -243,10 +267,10 @@ def run_v2v_eval(
 
 
 def format_table(r: V2VEvalResult) -> str:
-    rows = [(g, k, v) for g, d in (("follow", r.follow), ("prompt", r.prompt), ("lag", r.lag), ("live", r.live))
-            for k, v in d.items()]
-    lines = [f"{'group':<8} {'figure':<24} {'value':>10}", "-" * 44]
-    lines += [f"{g:<8} {k:<24} {v:>10.3f}" for g, k, v in rows]
+    groups = (("follow", r.follow), ("prompt", r.prompt), ("lag", r.lag), ("reference", r.reference), ("live", r.live))
+    rows = [(g, k, v) for g, d in groups for k, v in d.items()]
+    lines = [f"{'group':<10} {'figure':<24} {'value':>10}", "-" * 46]
+    lines += [f"{g:<10} {k:<24} {v:>10.3f}" for g, k, v in rows]
     return "\n".join(lines)
 
 
