@@ -104,6 +104,8 @@ def test_v2v_eval_runs_end_to_end_on_a_tiny_random_model() -> None:
     assert len(result.clips) == 2 and -1.0 <= result.follow["position_corr"] <= 1.0
     assert result.lag["latency_frames_max"] <= result.lag["latency_bound"] == 7
     assert result.live["frames_pushed"] == 16 == result.live["frames_out"] + result.live["dropped"]
+    asked = {c["prompt_shape"] for c in result.clips}
+    assert set(result.by_shape) == asked and all(0.0 <= v <= 1.0 for v in result.by_shape.values())
     assert set(result.reference) == {"color", "shape", "motion"}
     assert all(0.0 <= v <= 1.0 for v in result.reference.values())
     json.dumps(result.to_json(), allow_nan=False)

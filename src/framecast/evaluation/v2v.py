@@ -10,6 +10,7 @@ background), and the world's detector reads both clips:
 * lag:     what the stream measured (input frames read beyond output frame i when it came out; how much
            older the input frame it shows is) with their bounds, and the shift between the input and output
            tracks that correlates best, measured from the pixels.
+* by_shape: the prompt's shape score for the clips that ask for each shape (the hard ones stand out).
 * reference: the prompt figures of the ideal output (the input scene restyled as the prompt asks) after a
            round trip through the model's autoencoder: the most a denoiser could score through that decoder.
 * live:    one clip pushed in real time (the model's fps) into a `LiveSource`: frames out per second, input
@@ -64,6 +65,7 @@ class V2VEvalResult:
     follow: dict[str, float] = field(default_factory=dict)
     prompt: dict[str, float] = field(default_factory=dict)
     lag: dict[str, float] = field(default_factory=dict)
+    by_shape: dict[str, float] = field(default_factory=dict)
     reference: dict[str, float] = field(default_factory=dict)
     live: dict[str, float] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
@@ -165,6 +167,7 @@ def run_clip(pipe: Pipeline, case: Case, s: V2VEvalSettings, frames: int) -> dic
     return {
         "input": f"{color} {shape} {motion}",
         "prompt": case.prompt,
+        "prompt_shape": case.shape,
         "corr": position_correlation(a, b),
         "found": float(np.isfinite(out_track).all(axis=1).mean()),
         "color": float(score.color),
@@ -247,6 +250,7 @@ def run_v2v_eval(
     result = V2VEvalResult(
         follow={"position_corr": mean("corr"), "min_corr": min(r["corr"] for r in rows), "found": mean("found")},
         prompt={k: mean(k) for k in ("color", "shape", "motion", "color_frames", "shape_frames")},
+        by_shape={k: float(np.mean(v)) for k, v in _by_shape(rows).items()},
         reference={k: mean(f"ref_{k}") for k in ("color", "shape", "motion")},
         lag={
             "latency_frames_max": max(r["latency_frames"] for r in rows),
@@ -266,8 +270,21 @@ def run_v2v_eval(
     return result
 
 
+def _by_shape(rows: list[dict[str, Any]]) -> dict[str, list[float]]:
+    """Shape scores of the clips grouped by the shape their prompt asks for, in the world's order."""
+    out: dict[str, list[float]] = {}
+    for shape in SHAPES:
+        scores = [r["shape"] for r in rows if r["prompt_shape"] == shape]
+        if scores:
+            out[shape] = scores
+    return out
+
+
 def format_table(r: V2VEvalResult) -> str:
-    groups = (("follow", r.follow), ("prompt", r.prompt), ("lag", r.lag), ("reference", r.reference), ("live", r.live))
+    groups = (
+        ("follow", r.follow), ("prompt", r.prompt), ("by_shape", r.by_shape), ("lag", r.lag),
+        ("reference", r.reference), ("live", r.live),
+    )  # fmt: skip
     rows = [(g, k, v) for g, d in groups for k, v in d.items()]
     lines = [f"{'group':<10} {'figure':<24} {'value':>10}", "-" * 46]
     lines += [f"{g:<10} {k:<24} {v:>10.3f}" for g, k, v in rows]
