@@ -164,6 +164,9 @@ def _train_args(t: argparse.ArgumentParser) -> None:
     t.add_argument("--structure", action="store_true",
                    help="give the DiT a structure input (the encoded input frames, docs/v2v.md); a run that "
                         "resumes a DiT without one grows it")
+    t.add_argument("--refiner", type=int, default=0, metavar="CHANNELS",
+                   help="give the DiT a convolutional refiner at latent resolution this wide (a multiple of 8; "
+                        "docs/v2v.md); a run that resumes a DiT without one grows it (default: 0, none)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     t.add_argument("--stop-after", choices=("autoencoder", "latents", "dit"), default="dit")
@@ -281,7 +284,7 @@ def _train(a: argparse.Namespace) -> None:
         raise InputError(f"--decoder-steps must be 0 or more, got {a.decoder_steps}")
     cfg = run_config(
         a.ae_steps, a.dit_steps, a.samples, a.batch, a.seed, a.threads, a.decoder_steps, a.recycle,
-        a.edit_samples, a.edit_batch, a.rollout, strengths, a.structure,
+        a.edit_samples, a.edit_batch, a.rollout, strengths, a.structure, a.refiner,
     )
     folder = train_all(a.out, cfg, resume_run=not a.fresh, stop_after=a.stop_after)
     print(f"framecast: {a.stop_after} stage done in {folder}", file=sys.stderr)

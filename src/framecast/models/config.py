@@ -39,6 +39,7 @@ class DiTConfig:
     text_modulation: bool = False  # also add the pooled text to the timestep embedding (not in Wan2.1)
     precondition: bool = False  # velocity = skip(s) * x + scale(s) * network output (not in Wan2.1)
     structure_channels: int = 0  # latent channels of a structure input (video to video); 0: none (not in Wan2.1)
+    refiner_channels: int = 0  # width of a convolutional refiner at latent resolution (models/refiner.py); 0: none
     latent_height: int = 60
     latent_width: int = 104
     extra: dict[str, Any] = field(default_factory=dict)
@@ -52,6 +53,8 @@ class DiTConfig:
             raise ModelLoadError("only a temporal patch size of 1 is supported (Wan2.1 uses 1x2x2)")
         if self.structure_channels < 0:
             raise ModelLoadError(f"structure_channels must be 0 or more, got {self.structure_channels}")
+        if self.refiner_channels < 0 or self.refiner_channels % 8:
+            raise ModelLoadError(f"refiner_channels must be 0 or a positive multiple of 8, got {self.refiner_channels}")
         for name in ("latent_height", "latent_width"):
             if getattr(self, name) % self.patch_size[1]:
                 raise ModelLoadError(f"{name} {getattr(self, name)} is not a multiple of the patch size")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from framecast.errors import InputError
 from framecast.models.config import DiTConfig
+from framecast.models.refiner import LatentRefiner
 from framecast.models.rope import apply_rope, rope_angles
 
 
@@ -219,6 +220,10 @@ class CausalWanDiT(nn.Module):
             conv = nn.Conv3d(c.structure_channels, c.dim, c.patch_size, stride=c.patch_size, bias=False)
             nn.init.zeros_(conv.weight)
             self.structure_embedding = conv
+        # Refiner (models/refiner.py): a zero-initialised correction at latent resolution, registered last too.
+        self.refiner: LatentRefiner | None = None
+        if c.refiner_channels:
+            self.refiner = LatentRefiner(c.out_channels, c.structure_channels, c.refiner_channels, c.dim)
 
     def cross_kv(self, text: Tensor) -> CrossKV:
         """Text embeddings (B, T, text_dim) -> per-layer cross-attention keys/values, cached per prompt."""
@@ -267,6 +272,8 @@ class CausalWanDiT(nn.Module):
             keys.append(k)
             values.append(v)
         out = self._unpatchify(self.head(tokens, e), grid)  # (B, C, F, H, W)
+        if self.refiner is not None:
+            out = self.refiner(x, out, structure, e)  # (B, C, F, H, W)
         if c.precondition:
             out = precondition(x, out, t)
         return DiTOutput(out, keys, values)

@@ -31,7 +31,7 @@ from framecast.train.loop import new_state, resume, train
 
 log = logging.getLogger(__name__)
 
-STRUCTURE_LR = 10.0
+GROWN_LR = 10.0  # learning-rate factor of parts grown onto a trained model (they start at zero)
 SAMPLE_PROMPTS = ("a red circle moving left", "a blue square bouncing off the walls on a white background")
 
 
@@ -141,6 +141,7 @@ def run_config(
     rollout: float = 0.0,
     edit_strength: tuple[float, float] | None = None,
     structure: bool = False,
+    refiner: int = 0,
 ) -> RunConfig:
     """The recipe of the built-in model with the command line's sizes."""
     base = replace(RunConfig(), decoder_steps=decoder_steps)
@@ -150,9 +151,15 @@ def run_config(
     dit = replace(base.dit, batch=batch, recycle=recycle, rollout=rollout, loop=dit_loop, edit_batch=edit_batch)
     if edit_strength is not None:
         dit = replace(dit, edit_strength=edit_strength)
-    if structure:  # the new input starts at zero beside a trained model: it learns at STRUCTURE_LR x the rate
-        loop = replace(dit.loop, lr_scale=(("structure_embedding.", STRUCTURE_LR),))
-        dit = replace(dit, model=replace(dit.model, structure_channels=dit.model.in_channels), loop=loop)
+    grown: list[tuple[str, float]] = []  # new parts start at zero beside a trained model: GROWN_LR x the rate
+    if structure:
+        grown.append(("structure_embedding.", GROWN_LR))
+        dit = replace(dit, model=replace(dit.model, structure_channels=dit.model.in_channels))
+    if refiner:
+        grown.append(("refiner.", GROWN_LR))
+        dit = replace(dit, model=replace(dit.model, refiner_channels=refiner))
+    if grown:
+        dit = replace(dit, loop=replace(dit.loop, lr_scale=tuple(grown)))
     edits = replace(base.edits, samples=edit_samples)
     latents = replace(base.latents, samples=samples)
     return replace(base, autoencoder=ae, dit=dit, latents=latents, edits=edits, threads=threads)
