@@ -17,7 +17,7 @@ from framecast.train.dit import DiTTrainConfig, edit_loss, new_model
 from framecast.train.loop import LoopConfig, new_state, param_groups
 from framecast.train.run import GROWN_LR, run_config
 from tests.conftest import tiny_config, tiny_model
-from tests.test_structure import BASE, _edit_batch, _run
+from tests.test_structure import BASE, _edit_batch, _run, assert_restored
 from tests.test_v2v_core import _inputs
 
 C = tiny_config().in_channels
@@ -95,10 +95,7 @@ def test_a_training_state_grows_a_refiner_that_learns_at_the_grown_rate(tmp_path
     new = new_state(new_model(cfg, 1), cfg.loop)
     load_checkpoint(new, tmp_path / "ck")
     assert new.step == 5
-    saved = old.model.state_dict()
-    for name, value in new.model.state_dict().items():
-        if name in saved:
-            torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
+    assert_restored(new.model, old.model)
     assert new.model.refiner is not None and new.model.refiner.conv_out.weight.abs().max() == 0
     groups = param_groups(new.model, cfg.loop)
     assert [g["lr_scale"] for g in groups] == [1.0, GROWN_LR]  # structure embedding and refiner: one group

@@ -111,6 +111,15 @@ def _train_state(structure: bool, seed: int = 0):  # type: ignore[no-untyped-def
     return ts
 
 
+def assert_restored(grown: torch.nn.Module, saved_from: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of `saved_from` is in `grown` unchanged; returns the saved state."""
+    saved = saved_from.state_dict()
+    for name, value in grown.state_dict().items():
+        if name in saved:
+            torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
+    return saved
+
+
 def test_a_training_state_grows_a_structure_input(tmp_path: Path) -> None:
     """A checkpoint without the input resumes into a model with it: everything saved is restored, the new
     embedding stays at zero with a fresh optimizer state; a checkpoint that does not fit is refused."""
@@ -121,10 +130,7 @@ def test_a_training_state_grows_a_structure_input(tmp_path: Path) -> None:
     new.model.structure_embedding.weight.data.zero_()
     load_checkpoint(new, tmp_path / "ck")
     assert new.step == 12
-    saved = old.model.state_dict()
-    for name, value in new.model.state_dict().items():
-        if name in saved:
-            torch.testing.assert_close(value, saved[name], rtol=0, atol=0)
+    saved = assert_restored(new.model, old.model)
     assert new.model.structure_embedding.weight.abs().max() == 0
     state = new.optimizer.state_dict()
     assert len(state["state"]) == len(saved) and len(state["param_groups"][0]["params"]) == len(saved) + 1
