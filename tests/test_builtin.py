@@ -34,19 +34,17 @@ def test_builtin_model_draws_the_prompted_color(pipe: Pipeline, color: str) -> N
 
 
 @pytest.mark.parametrize("index", [0, 3])  # a white star asked to be a red circle; a white square, a blue triangle
-def test_builtin_v2v_model_restyles_a_world_clip_where_the_input_is(index: int) -> None:
-    """tiny-v2v (the same autoencoder, a DiT tuned on edit pairs with a structure input and a refiner) under
-    its default motion-aware strength: the output object takes the prompt's color and shape and moves as the
-    input object does."""
+def test_builtin_model_restyles_a_world_clip_where_the_input_is(pipe: Pipeline, index: int) -> None:
+    """The built-in model (its DiT has a structure input and a refiner) under its default motion-aware strength:
+    the output object takes the prompt's color and shape and moves as the input object does."""
     from framecast.evaluation.v2v import cases, position_correlation, unwrap
     from framecast.world import render, track
 
-    v2v = Pipeline.load("tiny-v2v")
     case = cases(index + 1, 0, 64, 64)[index]
     clip = render(case.scene, 0, 48)
-    out = np.stack(list(v2v.video_to_video(case.prompt, clip, seed=0)))
+    out = np.stack(list(pipe.video_to_video(case.prompt, clip, seed=0)))
     assert out.shape == clip.shape
-    found = [detect_objects(f) for f in out[v2v.frames_per_chunk :]]
+    found = [detect_objects(f) for f in out[pipe.frames_per_chunk :]]
     assert np.mean([any(d.color == case.color for d in objs) for objs in found]) >= 0.8
     assert np.mean([any(d.shape == case.shape for d in objs) for objs in found]) >= 0.7
     a, b = unwrap(track(clip, color=case.source[0]), 64, 64), unwrap(track(out), 64, 64)

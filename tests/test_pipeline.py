@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from framecast.cli import main
+from framecast.errors import ModelLoadError
 from framecast.io.video import read_video
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder
 from framecast.models.dit import CausalWanDiT
@@ -185,15 +186,17 @@ def test_a_model_folder_may_share_another_ones_autoencoder(tmp_path: Path) -> No
     assert (saved / "autoencoder" / "model.safetensors").is_file()
 
 
-def test_input_videos_default_to_the_v2v_model() -> None:
+def test_one_builtin_model_serves_both_jobs_and_its_old_v2v_name_still_loads() -> None:
     import argparse
 
     from framecast.cli import _model
 
-    a = argparse.Namespace(model=None, random_weights=False)
-    assert _model(a) == "tiny" and _model(a, follows_input=True) == "tiny-v2v"
-    assert _model(argparse.Namespace(model=None, random_weights=True), follows_input=True) == "tiny"
-    assert _model(argparse.Namespace(model="mine", random_weights=False), follows_input=True) == "mine"
+    assert _model(argparse.Namespace(model=None)) == "tiny"
+    assert _model(argparse.Namespace(model="mine")) == "mine"
+    old = Pipeline.load("tiny-v2v", random_weights=True)  # the alias of the earlier video-to-video model
+    assert old.dit.config == Pipeline.load("tiny", random_weights=True).dit.config
+    with pytest.raises(ModelLoadError, match="tiny-v2v"):
+        Pipeline.load("no-such-model")
 
 
 @pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])

@@ -38,14 +38,9 @@ def _model_args(p: argparse.ArgumentParser, default: str = "tiny") -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
 
 
-def _model(a: argparse.Namespace, follows_input: bool = False) -> str:
-    """--model, or the built-in default: the model tuned for video to video when the stream follows an input
-    (untrained presets exist only under the plain name)."""
-    from framecast.pipeline import V2V_MODEL
-
-    if a.model is not None:
-        return str(a.model)
-    return V2V_MODEL if follows_input and not a.random_weights else "tiny"
+def _model(a: argparse.Namespace) -> str:
+    """--model, or the built-in model (one model for text to video and video to video)."""
+    return "tiny" if a.model is None else str(a.model)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -68,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--sequential", action="store_true", help="one chunk at a time instead of the stream batch")
     _sampling_args(g)
     _v2v_args(g)
-    _model_args(g, "tiny, or tiny-v2v with --input")
+    _model_args(g)
     b = sub.add_parser("bench", help="measure speed of a model on this machine")
     b.add_argument("--seconds", type=float, default=5.0, help="time per measurement (default: 5)")
     b.add_argument("--steps", type=int, default=None)
@@ -107,7 +102,7 @@ def _v2v_args(g: argparse.ArgumentParser) -> None:
     g.add_argument("--motion-aware", action=argparse.BooleanOptionalAction, default=None,
                    help="strength from the input's motion (default: on unless --strength is given)")
     g.add_argument("--strength-range", default=None, metavar="LOW:HIGH",
-                   help="bounds of the motion-aware strength (default: the model's; tiny-v2v 0.85:0.95)")
+                   help="bounds of the motion-aware strength (default: the model's; tiny 0.85:0.95)")
     g.add_argument("--skip-similar", action=argparse.BooleanOptionalAction, default=True,
                    help="nearly identical input chunks re-emit the last output instead of running the model")
 
@@ -185,7 +180,7 @@ def _generate(a: argparse.Namespace) -> None:
     changes = [_prompt_at(x) for x in a.prompt_at]
     _v2v_config(a)  # checked before the model loads
     source = _open_input(a) if a.input is not None else None  # a bad input file costs nothing either
-    pipe = Pipeline.load(_model(a, source is not None), device=a.device, random_weights=a.random_weights)
+    pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
     v2v = _v2v_config(a, pipe.motion_config())
     overrides = {"batch_steps": not a.sequential, **_sampling_overrides(a)}
     pipe.stream_config(**overrides)  # validate before any file is opened
@@ -326,7 +321,7 @@ def _eval_v2v_args(e: argparse.ArgumentParser) -> None:
     e.add_argument("--live-seconds", type=float, default=4.0, help="length of the real-time run, 0 for none")
     e.add_argument("--seed", type=int, default=0)
     _sampling_args(e)
-    _model_args(e, "tiny-v2v")
+    _model_args(e)
 
 
 def _eval_v2v(a: argparse.Namespace) -> None:
@@ -341,7 +336,7 @@ def _eval_v2v(a: argparse.Namespace) -> None:
         a.clips, a.seconds, a.strength, a.steps, a.skip_similar, a.live_seconds, a.seed, _sampling_overrides(a)
     )
     settings.v2v()  # validate the strength before the model loads
-    pipe = Pipeline.load(_model(a, follows_input=True), device=a.device, random_weights=a.random_weights)
+    pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
     pipe.stream_config(**settings.overrides())
     settings.motion = pipe.motion_config()
     result = run_v2v_eval(pipe, settings, lambda m: print(f"eval-v2v: {m}", file=sys.stderr))

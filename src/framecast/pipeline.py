@@ -41,8 +41,8 @@ from framecast.v2v.sources import as_source
 
 PIPELINE_FILE = "framecast.json"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
-BUILTIN = ("tiny", "tiny-v2v")  # tiny-v2v: the same model tuned on edit pairs for video to video (docs/v2v.md)
-V2V_MODEL = "tiny-v2v"  # the built-in default when the stream follows an input video
+BUILTIN = ("tiny",)  # the built-in model, for text to video and video to video (docs/model-card.md)
+ALIASES = {"tiny-v2v": "tiny"}  # earlier names: a separate video-to-video model until one model did both
 
 
 @dataclass
@@ -94,6 +94,7 @@ class Pipeline:
         text_encoder: TextEncoder | None = None,
     ) -> Pipeline:
         """A built-in model by name, or a local model folder. `random_weights` builds the named preset untrained."""
+        model = ALIASES.get(model, model)
         if random_weights:
             return cls.random(model, device=device, text_encoder=text_encoder)
         folder = _resolve(model)
@@ -255,7 +256,6 @@ def _resolve(model: str) -> Path:
         return folder
     folder = Path(model)
     if not folder.is_dir():
-        raise ModelLoadError(
-            f"unknown model {model!r}: expected a built-in name ({', '.join(BUILTIN)}) or a model folder"
-        )
+        names = ", ".join(BUILTIN + tuple(ALIASES))
+        raise ModelLoadError(f"unknown model {model!r}: expected a built-in name ({names}) or a model folder")
     return folder

@@ -107,8 +107,10 @@ PRESETS: dict[str, DiTConfig] = {
         chunk_frames=1,
         text_modulation=True,
         precondition=True,
+        structure_channels=16,  # video to video reads the encoded input frames (docs/v2v.md)
         latent_height=8,
         latent_width=8,
+        refiner_channels=96,
     ),
     # Wan2.1 T2V 1.3B at 480x832: 30 blocks, dim 1536, 12 heads x 128, FFN 8960.
     "wan-1.3b": DiTConfig(),

@@ -23,7 +23,7 @@ few percent of a frame, and with a plain mean a model that lets them fade loses 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -41,7 +41,9 @@ EDIT_KEYS = (*SAMPLE_KEYS, "source")
 
 
 def default_model() -> DiTConfig:
-    return preset("tiny")
+    """The tiny preset without its video-to-video parts: the recipe grows the structure input and the refiner
+    later (`--structure`, `--refiner N`; docs/model-card.md)."""
+    return replace(preset("tiny"), structure_channels=0, refiner_channels=0)
 
 
 @dataclass(frozen=True)
