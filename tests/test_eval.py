@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from framecast.evaluation.scoring import score_clip, seam_flicker
@@ -53,3 +54,31 @@ def test_suite_runs_end_to_end_on_a_tiny_random_model() -> None:
     assert result.switch["switches"] == 4
     json.dumps(result.to_json(), allow_nan=False)  # strict JSON, no Infinity
     assert "held-out adherence" in format_table(result)
+
+
+def test_switch_seeds_repeat_every_pair_with_its_own_seed() -> None:
+    from framecast.evaluation.suite import SWITCHES, switches
+
+    torch.manual_seed(0)
+    cfg = tiny_config(latent_height=4, latent_width=4, chunk_frames=1)
+    ae = TinyAutoencoder(AutoencoderConfig(latent_channels=cfg.in_channels, width=8, spatial_factor=8))
+    pipe = Pipeline(CausalWanDiT(cfg), ae, RandomTextEncoder(cfg.text_dim))
+    seeds: list[int] = []
+    generate = pipe.generate
+
+    def recording(*args, seed: int = 0, **kwargs):  # type: ignore[no-untyped-def]
+        seeds.append(seed)
+        return generate(*args, seed=seed, **kwargs)
+
+    pipe.generate = recording  # type: ignore[method-assign]
+    said: list[str] = []
+    result = switches(pipe, EvalSettings(switch_before=0.5, switch_after=0.5, switch_seeds=2), said.append)
+    assert len(SWITCHES) == 4 and result["switches"] == 8 and said[-1] == "prompt switch 8/8"
+    assert seeds == [0, 1, 2, 3, 10, 11, 12, 13]  # the first pass keeps the seeds of the default suite
+
+
+def test_eval_cli_rejects_bad_counts_before_loading(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_pipeline import _fails
+
+    _fails(["eval", "--random-weights", "--switch-seeds", "0"], capsys, "--switch-seeds")
+    _fails(["eval", "--random-weights", "--seeds", "0"], capsys, "--seeds")

@@ -75,6 +75,8 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=int, default=None, help="denoising steps per chunk, 1-4 (default: the model's)")
     e.add_argument("--seeds", type=int, default=2, help="clips per held-out combination (default: 2)")
     e.add_argument("--drift-seconds", type=float, default=300.0, help="length of the drift streams (default: 300)")
+    e.add_argument("--switch-seeds", type=int, default=1,
+                   help="streams per prompt-switch pair, each with its own seed (default: 1)")
     _sampling_args(e)
     _model_args(e)
     _eval_v2v_args(sub.add_parser("eval-v2v", help="video-to-video figures of a model on the procedural world"))
@@ -293,10 +295,12 @@ def _eval(a: argparse.Namespace) -> None:
 
     if a.json is not None and not a.json.parent.resolve().is_dir():
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
-    if a.seeds < 1 or not a.drift_seconds >= 20:
-        raise InputError("--seeds must be positive and --drift-seconds at least 20")
+    if a.seeds < 1 or a.switch_seeds < 1 or not a.drift_seconds >= 20:
+        raise InputError("--seeds and --switch-seeds must be positive and --drift-seconds at least 20")
     pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
-    settings = EvalSettings(seeds=a.seeds, drift_seconds=a.drift_seconds, stream=_sampling_overrides(a))
+    settings = EvalSettings(
+        seeds=a.seeds, drift_seconds=a.drift_seconds, switch_seeds=a.switch_seeds, stream=_sampling_overrides(a)
+    )
     pipe.stream_config(**settings.stream)  # validate before the long run
     with tqdm(desc="eval", unit="task") as bar:
 

@@ -37,6 +37,7 @@ class EvalSettings:
     drift_window: float = 10.0
     switch_before: float = 2.0
     switch_after: float = 3.0
+    switch_seeds: int = 1  # streams per switch pair (seed 10 k + i for the k-th of pair i)
     stream: dict[str, Any] = field(default_factory=dict)  # StreamConfig overrides (steps, guidance, ...)
     triples: int | None = None  # evaluate only the first N held-out triples (None: all 20)
 
@@ -139,9 +140,11 @@ def switches(pipe: Pipeline, s: EvalSettings, progress: Progress) -> dict[str, f
     fps = pipe.config.fps
     at, total = round(s.switch_before * fps), round((s.switch_before + s.switch_after) * fps)
     lat = []
-    for i, (a, b) in enumerate(SWITCHES):
-        progress(f"prompt switch {i + 1}/{len(SWITCHES)}")
-        frames = pipe.generate(prompt_for(*a), total, seed=i, prompt_at=[(at, prompt_for(*b))], **_overrides(s))
+    runs = [(k, i, pair) for k in range(s.switch_seeds) for i, pair in enumerate(SWITCHES)]
+    for n, (k, i, (a, b)) in enumerate(runs):
+        progress(f"prompt switch {n + 1}/{len(runs)}")
+        seed = 10 * k + i
+        frames = pipe.generate(prompt_for(*a), total, seed=seed, prompt_at=[(at, prompt_for(*b))], **_overrides(s))
         lat.append(switch_latency(frames, at, b[0], b[1], fps))
     finite = [x for x in lat if np.isfinite(x)]
     return {
