@@ -13,7 +13,7 @@ from framecast.evaluation.suite import EvalSettings, format_table, run_eval, swi
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder
 from framecast.models.dit import CausalWanDiT
 from framecast.pipeline import Pipeline
-from framecast.world import render, sample_scene
+from framecast.world import HELDOUT, render, sample_scene
 from tests.conftest import RandomTextEncoder, tiny_config
 
 
@@ -50,6 +50,8 @@ def test_suite_runs_end_to_end_on_a_tiny_random_model() -> None:
     result = run_eval(pipe, s)
     assert {k: result.settings["stream_config"][k] for k in guided} == guided  # the streams ran guided
     assert result.adherence["clips"] == 3 and 0.0 <= result.adherence["color"] <= 1.0
+    assert set(result.by_shape) == {shape for _, shape, _ in sorted(HELDOUT)[:3]}  # the shapes the prompts asked
+    assert min(result.by_shape.values()) <= result.adherence["shape"] <= max(result.by_shape.values())
     assert set(result.drift) >= {"first_color", "last_color", "drop_points"}
     assert result.switch["switches"] == 4
     json.dumps(result.to_json(), allow_nan=False)  # strict JSON, no Infinity

@@ -45,6 +45,7 @@ class EvalSettings:
 @dataclass
 class EvalResult:
     adherence: dict[str, float] = field(default_factory=dict)
+    by_shape: dict[str, float] = field(default_factory=dict)  # adherence's shape score per prompted shape
     temporal: dict[str, float] = field(default_factory=dict)
     drift: dict[str, float] = field(default_factory=dict)
     switch: dict[str, float] = field(default_factory=dict)
@@ -72,10 +73,13 @@ def _prompts(triple: tuple[str, str, str], seed: int) -> str:
     return caption(scene, seed)
 
 
-def adherence(pipe: Pipeline, s: EvalSettings, progress: Progress) -> tuple[dict[str, float], list[np.ndarray]]:
-    """Accuracy of color, shape and motion on held-out triples; also returns the clips."""
+def adherence(
+    pipe: Pipeline, s: EvalSettings, progress: Progress
+) -> tuple[dict[str, float], dict[str, float], list[np.ndarray]]:
+    """Accuracy of color, shape and motion on held-out triples, the shape score per prompted shape, the clips."""
     n = max(8, round(s.clip_seconds * pipe.config.fps))
     scores: list[ClipScore] = []
+    triples: list[tuple[str, str, str]] = []  # the prompted (color, shape, motion) of each score
     clips = []
     for triple in sorted(HELDOUT)[: s.triples]:
         for seed in range(s.seeds):
@@ -83,8 +87,12 @@ def adherence(pipe: Pipeline, s: EvalSettings, progress: Progress) -> tuple[dict
             frames = pipe.generate(_prompts(triple, seed), n, seed=seed, **_overrides(s))
             clips.append(frames)
             scores.append(score_clip(frames[pipe.frames_per_chunk :], *triple))
+            triples.append(triple)
     mean = lambda key: float(np.mean([getattr(c, key) for c in scores]))  # noqa: E731
-    return {"color": mean("color"), "shape": mean("shape"), "motion": mean("motion"), "clips": len(scores)}, clips
+    figures = {"color": mean("color"), "shape": mean("shape"), "motion": mean("motion"), "clips": len(scores)}
+    shapes = sorted({t[1] for t in triples})
+    by_shape = {k: float(np.mean([c.shape for c, t in zip(scores, triples, strict=True) if t[1] == k])) for k in shapes}
+    return figures, by_shape, clips
 
 
 def temporal(pipe: Pipeline, clips: list[np.ndarray]) -> dict[str, float]:
@@ -157,13 +165,16 @@ def switches(pipe: Pipeline, s: EvalSettings, progress: Progress) -> dict[str, f
 
 def run_eval(pipe: Pipeline, s: EvalSettings | None = None, progress: Progress = lambda _: None) -> EvalResult:
     s = s or EvalSettings()
-    adh, clips = adherence(pipe, s, progress)
+    adh, by_shape, clips = adherence(pipe, s, progress)
     settings = {**asdict(s), "stream_config": asdict(pipe.stream_config(**s.stream))}  # what the streams ran with
-    return EvalResult(adh, temporal(pipe, clips), drift(pipe, s, progress), switches(pipe, s, progress), settings)
+    return EvalResult(
+        adh, by_shape, temporal(pipe, clips), drift(pipe, s, progress), switches(pipe, s, progress), settings
+    )
 
 
 def format_table(r: EvalResult) -> str:
     rows = [("held-out adherence", k, v) for k, v in r.adherence.items()]
+    rows += [("by shape", k, v) for k, v in r.by_shape.items()]
     rows += [("temporal", k, v) for k, v in r.temporal.items()]
     rows += [("drift", k, v) for k, v in r.drift.items()]
     rows += [("prompt switch", k, v) for k, v in r.switch.items()]
