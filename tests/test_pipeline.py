@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from framecast.cli import main
-from framecast.errors import ModelLoadError
+from framecast.errors import InputError, ModelLoadError
 from framecast.io.video import read_video
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder
 from framecast.models.dit import CausalWanDiT
@@ -68,6 +68,38 @@ def test_guided_pipeline_with_context_noise_is_seeded_and_differs(batch_steps: b
     assert not np.array_equal(pipe.generate("red", 12, seed=2, steps=2, guidance=3.0), plain)
     guided, unguided = pipe.stream("red", guidance=3.0), pipe.stream("red")
     assert guided.state.memory_bytes() == 2 * unguided.state.memory_bytes()
+
+
+def test_switch_passes_give_the_new_prompt_to_chunks_in_flight() -> None:
+    """A change shows up sooner: chunks in flight that have run fewer than `switch_passes` passes take it
+    (their finished passes stay), later ones keep the old prompt; the frames before the change are untouched."""
+    pipe = _pipe()
+    per = pipe.frames_per_chunk
+    steady = pipe.generate("red", 8 * per, seed=0, steps=3)
+    late = pipe.generate("red", 8 * per, seed=0, prompt_at=[(3 * per, "blue")], steps=3)
+    soon = pipe.generate("red", 8 * per, seed=0, prompt_at=[(3 * per, "blue")], steps=3, switch_passes=3)
+    np.testing.assert_array_equal(soon[: 4 * per], steady[: 4 * per])  # chunk 3 was out when the change came
+    np.testing.assert_array_equal(late[4 * per : 5 * per], steady[4 * per : 5 * per])  # in flight: kept red
+    assert not np.array_equal(soon[4 * per : 5 * per], steady[4 * per : 5 * per])  # in flight: took blue
+    sequential = [  # nothing is in flight between its frames
+        pipe.generate("red", 8 * per, prompt_at=[(3 * per, "blue")], steps=3, batch_steps=False, switch_passes=k)
+        for k in (0, 3)
+    ]
+    np.testing.assert_array_equal(*sequential)
+
+    stream = pipe.stream("red", seed=0, steps=3, switch_passes=2)
+    for _, _ in zip(range(3 * per), stream, strict=False):
+        pass
+    before = [(c.next_pass, c.cond) for c in stream.state.inflight]
+    assert {p for p, _ in before} >= {1, 2}  # chunks both sides of the bound are in flight
+    stream.set_prompt("blue")
+    blue = pipe.conditioner("blue")
+    for (passes, old), now in zip(before, stream.state.inflight, strict=True):
+        assert now.cond is (blue if passes < 2 else old)
+    stream.set_prompt("green", blend_chunks=2)  # a blended change leaves the chunks in flight alone
+    assert all(c.cond is not pipe.conditioner("green") for c in stream.state.inflight)
+    with pytest.raises(InputError, match="switch_passes"):
+        pipe.stream("red", switch_passes=-1)
 
 
 def test_blend_goes_through_intermediate_conditions() -> None:

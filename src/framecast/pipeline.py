@@ -3,7 +3,7 @@
     pipe = Pipeline.load("tiny")                    # built-in name or a local model folder
     stream = pipe.stream("a red circle moving left", seed=0)
     for frame in stream: ...                        # uint8 (H, W, 3), endless
-    stream.set_prompt("a blue square")              # takes effect at the next chunk
+    stream.set_prompt("a blue square")              # from the next chunk (and the chunks in flight: switch_passes)
     frames = pipe.generate("a red circle", num_frames=64)   # (T, H, W, 3) uint8
     for frame in pipe.video_to_video("a blue square", "in.mp4"): ...   # follows the input (docs/v2v.md)
 

@@ -24,6 +24,12 @@ class StreamConfig:
     batch_steps:    stream batch: keep `steps` chunks in flight, one forward per emitted chunk; else
                     sequential, one chunk at a time (lowest latency and activation memory).
     blend_chunks:   chunks over which a prompt change blends the old condition into the new one.
+    switch_passes:  a prompt change also applies to the chunks in flight that have run fewer than this many
+                    of their denoising passes (0: only to chunks started after it; `steps` or more: to all
+                    that are still denoising). The stream batch keeps up to `steps` chunks in flight, so a
+                    change shows up to that many chunks sooner; the sequential schedule finishes a chunk
+                    before its frames come out, so there it changes nothing. A blended change
+                    (`blend_chunks`) leaves the chunks in flight as they are.
     guidance:       classifier-free guidance scale w: velocity = v(empty prompt) + w * (v(prompt) - v(empty
                     prompt)), the empty-prompt row sharing the stream's cache; 1 is off (one row per pass).
     context_noise:  noise level at which the clean pass reads a finished chunk into the cache (0: clean).
@@ -39,6 +45,7 @@ class StreamConfig:
     clean_pass: bool = True
     batch_steps: bool = True
     blend_chunks: int = 0
+    switch_passes: int = 0
     guidance: float = 1.0
     context_noise: float = 0.0
 
@@ -53,6 +60,8 @@ class StreamConfig:
             raise InputError(f"refresh_chunks must be at least 1, got {self.refresh_chunks}")
         if self.blend_chunks < 0:
             raise InputError(f"blend_chunks must be 0 or more, got {self.blend_chunks}")
+        if self.switch_passes < 0:
+            raise InputError(f"switch_passes must be 0 or more, got {self.switch_passes}")
         if not 0.0 <= self.guidance <= MAX_GUIDANCE:
             raise InputError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance}")
         if not 0.0 <= self.context_noise < 1.0:

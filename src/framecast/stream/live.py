@@ -62,9 +62,12 @@ class Stream:
         self.feed = feed
 
     def set_prompt(self, text: str, blend_chunks: int | None = None) -> None:
-        """Take `text` from the next chunk on, keeping the cache; optionally blend over a few chunks."""
+        """Take `text` from the next chunk on, keeping the cache; optionally blend over a few chunks. Unblended,
+        the chunks in flight that have run fewer than `StreamConfig.switch_passes` passes take it too."""
         blend = self.state.cfg.blend_chunks if blend_chunks is None else blend_chunks
         self.prompt.switch(text, self.conditioner.embed(text), blend)
+        if not blend:
+            scheduler.recondition(self.state, self.conditioner(text))
 
     def next_condition(self) -> Condition:
         return self.prompt.next_condition(self.conditioner, self.conditioner.cross)
