@@ -155,6 +155,20 @@ def test_cli_generate_writes_mp4(tmp_path: Path, model_dir: Path) -> None:
     assert frames.shape == (8, 64, 64, 3) and fps == 8
 
 
+def test_cli_switch_passes_reach_the_stream(tmp_path: Path, model_dir: Path) -> None:
+    """--switch-passes overrides the model's setting (this folder has none: 0)."""
+
+    def run(*extra: str) -> np.ndarray:
+        out = tmp_path / f"v{len(list(tmp_path.iterdir()))}.mp4"
+        args = ["generate", "red", "-o", str(out), "--model", str(model_dir), "--seconds", "1.5", "--seed", "1"]
+        assert main([*args, "--prompt-at", "0.5:blue", *extra]) == 0
+        return read_video(out)[0]
+
+    default, off, on = run(), run("--switch-passes", "0"), run("--switch-passes", "4")
+    np.testing.assert_array_equal(default, off)
+    assert not np.array_equal(on, off)
+
+
 def test_cli_bad_inputs(
     tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -171,6 +185,7 @@ def test_cli_bad_inputs(
     _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--steps", "9"], capsys, "steps")
     _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--guidance", "-1"], capsys, "guidance")
     _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--context-noise", "1.5"], capsys, "context_noise")
+    _fails(["generate", "x", "-o", out, "--model", str(model_dir), "--switch-passes", "-1"], capsys, "switch_passes")
     assert not Path(out).exists()
 
 

@@ -89,11 +89,14 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     model = "(default: the model's)"
     p.add_argument("--guidance", type=float, default=None, help=f"classifier-free guidance scale, 1 = off {model}")
     p.add_argument("--context-noise", type=float, default=None, help=f"noise of finished chunks in the cache {model}")
+    p.add_argument("--switch-passes", type=int, default=None, metavar="N",
+                   help=f"a prompt change also reaches chunks in flight with fewer than N passes, 0 = off {model}")
 
 
 def _sampling_overrides(a: argparse.Namespace) -> dict[str, Any]:
-    """StreamConfig fields set on the command line (--steps, --guidance, --context-noise)."""
+    """StreamConfig fields set on the command line (--steps, --guidance, --context-noise, --switch-passes)."""
     named = {"steps": a.steps, "guidance": a.guidance, "context_noise": a.context_noise}
+    named["switch_passes"] = a.switch_passes
     return {k: v for k, v in named.items() if v is not None}
 
 
