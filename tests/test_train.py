@@ -156,6 +156,24 @@ def test_decoder_finetune_keeps_the_encoder_and_lowers_the_loss(tmp_path: Path, 
     assert reconstruction_loss(loaded, x, replace(AE_CFG, latent_noise=0.0))[0].item() < before
 
 
+def test_change_loss_sees_jumps_not_steady_errors() -> None:
+    """The temporal term of the autoencoder loss: an output off by the same amount in every frame changes as
+    the input does (no loss); one that jumps between two frames (a seam between groups) does not."""
+    from framecast.train.autoencoder import change_loss
+
+    steady = torch.full((1, 3, 8, 4, 4), 0.3)  # (B, 3, T, H, W) error
+    jump = steady.clone()
+    jump[:, :, 4:] = -0.3  # the second group off the other way: a jump at the seam
+    assert change_loss(steady).item() == 0.0 and change_loss(jump).item() > 0.0
+    torch.manual_seed(0)
+    ae = TinyAutoencoder(AE_CFG.model)
+    x = frame_groups(step_rng(3, 0), 2, 4, 32, 32)  # (2, 3, 4, 32, 32): two groups of the temporal factor 2
+    plain = reconstruction_loss(ae, x, replace(AE_CFG, latent_noise=0.0))[0]
+    weighted = reconstruction_loss(ae, x, replace(AE_CFG, latent_noise=0.0, temporal_weight=2.0))[0]
+    err = ae.decode(ae.encode(x)) - x
+    torch.testing.assert_close(weighted, plain + 2.0 * change_loss(err))
+
+
 def test_object_cells_cover_objects_only() -> None:
     pixels = -torch.ones(1, 3, 4, 32, 32)  # (S, 3, G * tf, H, W): black, two groups of two frames
     pixels[:, 0, :2, 0:8, 0:8] = 1.0  # a red square on the first group's cell (0, 0) at sf = 8...

@@ -44,6 +44,7 @@ class AETrainConfig:
     decoder_lr: float = 3e-4  # the decoder-only stage (`finetune_decoder`)
     decoder_steady: float = 0.5  # share of its batches from steady scenes: the sizes and speeds the DiT draws
     decoder_object_weight: float = 16.0  # its object weight: small stars' points need the sharper edges
+    temporal_weight: float = 0.0  # weight of the error of frame-to-frame changes (seams between groups jump)
 
 
 def object_mask(x: Tensor, threshold: float = 0.15) -> Tensor:
@@ -68,7 +69,16 @@ def reconstruction_loss(ae: TinyAutoencoder, x: Tensor, cfg: AETrainConfig) -> t
     err = y - x
     mse = err.pow(2).mean()
     loss = ((err.pow(2) + err.abs()) * weight).mean() / weight.mean() + cfg.latent_penalty * z.pow(2).mean()
+    if cfg.temporal_weight:
+        loss = loss + cfg.temporal_weight * change_loss(err)
     return loss, {"mse": mse.item(), "psnr": psnr(mse.item())}
+
+
+def change_loss(err: Tensor) -> Tensor:
+    """Reconstruction error (B, 3, T, H, W) -> the error of the frame-to-frame changes, (y1 - y0) - (x1 - x0):
+    zero when the output changes from frame to frame as the input does, even if both are off by as much."""
+    change = err[:, :, 1:] - err[:, :, :-1]  # (B, 3, T - 1, H, W)
+    return (change.pow(2) + change.abs()).mean()
 
 
 def psnr(mse: float) -> float:
