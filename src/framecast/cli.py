@@ -32,8 +32,8 @@ def _prompt_at(text: str) -> tuple[float, str]:
     return at, prompt
 
 
-def _model_args(p: argparse.ArgumentParser, default: str = "tiny") -> None:
-    p.add_argument("--model", default=None, help=f"built-in model name or a local model folder (default: {default})")
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="built-in model name or a local model folder (default: tiny)")
     p.add_argument("--random-weights", action="store_true", help="use the named preset with untrained random weights")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
 
@@ -95,8 +95,12 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
 
 def _sampling_overrides(a: argparse.Namespace) -> dict[str, Any]:
     """StreamConfig fields set on the command line (--steps, --guidance, --context-noise, --switch-passes)."""
-    named = {"steps": a.steps, "guidance": a.guidance, "context_noise": a.context_noise}
-    named["switch_passes"] = a.switch_passes
+    named = {
+        "steps": a.steps,
+        "guidance": a.guidance,
+        "context_noise": a.context_noise,
+        "switch_passes": a.switch_passes,
+    }
     return {k: v for k, v in named.items() if v is not None}
 
 

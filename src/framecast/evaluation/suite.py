@@ -79,7 +79,7 @@ def adherence(
     """Accuracy of color, shape and motion on held-out triples, the shape score per prompted shape, the clips."""
     n = max(8, round(s.clip_seconds * pipe.config.fps))
     scores: list[ClipScore] = []
-    triples: list[tuple[str, str, str]] = []  # the prompted (color, shape, motion) of each score
+    shapes: dict[str, list[float]] = {}  # prompted shape -> the shape scores of its clips
     clips = []
     for triple in sorted(HELDOUT)[: s.triples]:
         for seed in range(s.seeds):
@@ -87,12 +87,10 @@ def adherence(
             frames = pipe.generate(_prompts(triple, seed), n, seed=seed, **_overrides(s))
             clips.append(frames)
             scores.append(score_clip(frames[pipe.frames_per_chunk :], *triple))
-            triples.append(triple)
+            shapes.setdefault(triple[1], []).append(scores[-1].shape)
     mean = lambda key: float(np.mean([getattr(c, key) for c in scores]))  # noqa: E731
     figures = {"color": mean("color"), "shape": mean("shape"), "motion": mean("motion"), "clips": len(scores)}
-    shapes = sorted({t[1] for t in triples})
-    by_shape = {k: float(np.mean([c.shape for c, t in zip(scores, triples, strict=True) if t[1] == k])) for k in shapes}
-    return figures, by_shape, clips
+    return figures, {k: float(np.mean(v)) for k, v in sorted(shapes.items())}, clips
 
 
 def temporal(pipe: Pipeline, clips: list[np.ndarray]) -> dict[str, float]:

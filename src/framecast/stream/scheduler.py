@@ -56,15 +56,14 @@ def admit(state: StreamState, cond: Condition) -> None:
     state.next_chunk += 1
 
 
-def recondition(state: StreamState, cond: Condition) -> int:
+def recondition(state: StreamState, cond: Condition) -> None:
     """Give `cond` to the chunks in flight that have run fewer than `cfg.switch_passes` of their denoising
-    passes (a prompt change that should show sooner); returns how many changed. Their finished passes stay as
-    they were, and a chunk waiting only for its clean pass keeps its prompt."""
+    passes (a prompt change that should show sooner). Their finished passes stay as they were, and a chunk
+    waiting only for its clean pass keeps its prompt."""
     below = min(state.cfg.switch_passes, state.cfg.steps)
-    changed = [c for c in state.inflight if c.next_pass < below and c.cond is not cond]
-    for c in changed:
-        c.cond = cond
-    return len(changed)
+    for c in state.inflight:
+        if c.next_pass < below:
+            c.cond = cond
 
 
 def queue_input(state: StreamState, inp: ChunkInput) -> None:
