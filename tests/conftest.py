@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
-import pytest
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `import framecast` sets it, before torch loads: idle
+# torch threads sleep instead of spinning, so tests beside another busy process do not stall
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from framecast.models.config import DiTConfig
 from framecast.models.dit import CausalWanDiT

@@ -87,9 +87,9 @@ def test_engine_round_times_as_many_whole_chunks_unrecorded(batch_steps: bool) -
     stream = pipe.stream("red", batch_steps=batch_steps, steps=2)
     calls = _record_round(pipe, stream, 0.0)
     assert calls and len(calls) % (1 if batch_steps else 3) == 0  # 2 steps + the clean pass a chunk
-    before = pipe.engine.passes
+    before = pipe.family.denoiser.passes
     assert _engine_round(pipe, stream, len(calls)) > 0
-    assert pipe.engine.passes - before == len(calls)
+    assert pipe.family.denoiser.passes - before == len(calls)
     assert not pipe.dit._forward_pre_hooks
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framecast.engine.engine import Engine
+from framecast.family.denoiser import Denoiser as Engine
 from framecast.stream.config import StreamConfig
 from framecast.stream.state import Condition, StreamState
 from tests.conftest import RandomTextEncoder, tiny_model

@@ -7,12 +7,13 @@ import dataclasses
 import pytest
 import torch
 
-from framecast.engine.batch import run_batch
-from framecast.engine.engine import Engine
 from framecast.errors import InputError
-from framecast.models.dit import CausalWanDiT
+from framecast.family.causal_batch import run_batch
+from framecast.family.denoiser import Denoiser as Engine
+from framecast.models.dit import CausalWanDiT, CrossKV, PastKV
 from framecast.stream import scheduler
 from framecast.stream.config import StreamConfig
+from framecast.stream.request import PassRequest
 from framecast.stream.state import Condition, StreamState
 from tests.conftest import RandomTextEncoder, tiny_model
 
@@ -45,7 +46,7 @@ def test_guided_noisy_context_stream_batch_equals_sequential(steps: int) -> None
 
 
 def test_guided_velocity_is_the_guidance_formula() -> None:
-    """One guided row = v_u + w (v_c - v_u) from the two rows run apart; each keeps its own keys/values."""
+    """One guided request = v_u + w (v_c - v_u) from its two rows run apart; each keeps its own keys/values."""
     model = tiny_model(text_modulation=True)
     cfg = StreamConfig(steps=3, guidance=3.0)
     st, eng, cond = _state(model, cfg, 3), Engine(model), _cond(model, "red")
@@ -53,19 +54,34 @@ def test_guided_velocity_is_the_guidance_formula() -> None:
         eng.step([st], [lambda: cond])
     scheduler.admit(st, cond)
     req = scheduler.next_request(st, model.config.head_dim, model.config.rope_theta)
-    assert req.uncond is not None and req.guidance == 3.0
+    assert req.rows == 2 and req.guidance == 3.0
+    cond_row, uncond_row = _row(req, 0), _row(req, 1)
     with torch.inference_mode():
         guided = run_batch(model, [req])[0]
-        plain = run_batch(model, [dataclasses.replace(req, guidance=1.0, uncond=None)])[0]
-        uncond = run_batch(model, [req.uncond])[0]
+        plain = run_batch(model, [cond_row])[0]
+        uncond = run_batch(model, [uncond_row])[0]
     want = uncond.velocity + 3.0 * (plain.velocity - uncond.velocity)
     torch.testing.assert_close(guided.velocity, want, rtol=1e-5, atol=1e-5)
-    assert guided.uncond is not None
     n = req.x.shape[2] * model.config.tokens_per_frame
     torch.testing.assert_close(guided.keys[0][guided.row, :n], plain.keys[0][0, :n], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(guided.uncond.keys[0][guided.uncond.row, :n], uncond.keys[0][0, :n])
+    torch.testing.assert_close(guided.keys[0][guided.row + 1, :n], uncond.keys[0][0, :n], rtol=1e-5, atol=1e-5)
     assert (plain.velocity - uncond.velocity).abs().max() > 1e-3  # the empty prompt is another condition
-    assert (req.past.k - req.uncond.past.k).abs().max() > 1e-3  # type: ignore[union-attr]  # its own cache
+    assert req.past is not None and (req.past.k[:, 0] - req.past.k[:, 1]).abs().max() > 1e-3  # its own cache
+
+
+def _row(req: PassRequest, i: int) -> PassRequest:
+    """Row i of a guided request as an unguided request of one row."""
+    mod = None if req.cross.mod is None else req.cross.mod[i : i + 1]
+    past = None if req.past is None else PastKV(req.past.k[:, i : i + 1], req.past.v[:, i : i + 1])
+    return dataclasses.replace(
+        req,
+        x=req.x[i : i + 1],
+        t=req.t[i : i + 1],
+        cross=CrossKV(req.cross.k[:, i : i + 1], req.cross.v[:, i : i + 1], mod),
+        past=past,
+        guidance=1.0,
+        structure=None if req.structure is None else req.structure[i : i + 1],
+    )
 
 
 def test_guided_stream_in_a_shared_batch_equals_alone() -> None:

@@ -107,7 +107,7 @@ def test_blend_goes_through_intermediate_conditions() -> None:
     stream = pipe.stream("red", seed=0, steps=1, batch_steps=False)
     stream.set_prompt("blue", blend_chunks=3)
     embeds = [stream.prompt.current_embedding().clone()]
-    red, blue = pipe._embed("red"), pipe._embed("blue")
+    red, blue = pipe.conditioner.embed("red"), pipe.conditioner.embed("blue")
     for _ in range(4):
         embeds.append(stream.prompt.current_embedding().clone())
         stream.next_condition()

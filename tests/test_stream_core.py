@@ -5,17 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framecast.engine import batch
-from framecast.engine.batch import visible
-from framecast.engine.engine import Engine
+from framecast.family import causal_batch as batch
+from framecast.family.denoiser import Denoiser as Engine
 from framecast.models.dit import CausalWanDiT
 from framecast.models.rope import shift_frames
 from framecast.stream import scheduler
 from framecast.stream.cache import RingKV, staging_slots
 from framecast.stream.config import StreamConfig
-from framecast.stream.live import Conditioner
+from framecast.stream.memo import BoundedCache
 from framecast.stream.positions import PositionPlan
-from framecast.stream.state import Condition, StreamState
+from framecast.stream.prompt import Conditioner
+from framecast.stream.request import visible
+from framecast.stream.state import NOISE_BLOCK, Condition, StreamState
 from tests.conftest import RandomTextEncoder, tiny_config, tiny_model
 
 
@@ -181,7 +182,7 @@ def test_single_row_equals_general_batch_path(batch_steps: bool) -> None:
         c = model.config
         req = scheduler.next_request(st, c.head_dim, c.rope_theta)
         with torch.inference_mode():
-            fast = batch._run_one(model, req, {})[0]
+            fast = batch._run_one(model, req, BoundedCache(8))[0]
             slow = batch._run_many(model, [req], None)[0]
         torch.testing.assert_close(fast.velocity, slow.velocity, rtol=1e-6, atol=1e-6)
         for a, b in zip(fast.keys + fast.values, slow.keys + slow.values, strict=True):
@@ -256,8 +257,8 @@ def test_noise_blocks_equal_one_draw_per_chunk(shape: tuple[int, int, int, int])
     mc = tiny_config(in_channels=C, out_channels=C, chunk_frames=cf, latent_height=H, latent_width=W)
     st = StreamState.create(mc, StreamConfig(), 5, torch.float32, torch.device("cpu"))
     gen = torch.Generator().manual_seed(5)
-    for _ in range(2 * scheduler.NOISE_BLOCK + 3):
-        torch.testing.assert_close(scheduler._next_noise(st)[0], torch.randn(shape, generator=gen), rtol=0, atol=0)
+    for _ in range(2 * NOISE_BLOCK + 3):
+        torch.testing.assert_close(st.noise.next()[0], torch.randn(shape, generator=gen), rtol=0, atol=0)
 
 
 def test_conditioner_is_least_recently_used() -> None:

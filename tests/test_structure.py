@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from framecast.engine.engine import Engine
 from framecast.errors import InputError, ModelLoadError
+from framecast.family.denoiser import Denoiser as Engine
 from framecast.models.dit import CausalWanDiT
 from framecast.stream import scheduler
 from framecast.stream.config import StreamConfig

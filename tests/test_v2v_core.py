@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from framecast.engine.engine import Engine
 from framecast.errors import InputError
+from framecast.family.denoiser import Denoiser as Engine
 from framecast.models.dit import CausalWanDiT
 from framecast.sampling.flow import sdedit_sigmas, sigmas
 from framecast.stream import scheduler
@@ -106,7 +106,7 @@ def test_tables_stay_bounded_with_a_new_strength_every_chunk() -> None:
     for inp in _inputs(model, n, strengths):
         scheduler.queue_input(st, inp)
         eng.step([st], [lambda: cond])
-    assert len(st.tables) <= scheduler.CACHE_LIMIT and len(st.schedules) <= scheduler.CACHE_LIMIT // 4
+    assert len(st.memo.tables) <= st.memo.tables.size and len(st.memo.schedules) <= st.memo.schedules.size
     assert not st.inputs
 
 

@@ -13,10 +13,10 @@ import os
 # sleeping threads cost some speed (150 against 210 frames/s); OMP_WAIT_POLICY=ACTIVE keeps them spinning.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from framecast.engine.live import Stream  # noqa: E402
 from framecast.errors import FramecastError, InputError, ModelLoadError  # noqa: E402
 from framecast.pipeline import Pipeline  # noqa: E402
 from framecast.stream.config import StreamConfig  # noqa: E402
-from framecast.stream.live import Stream  # noqa: E402
 
 __all__ = ["FramecastError", "InputError", "ModelLoadError", "Pipeline", "Stream", "StreamConfig"]
 __version__ = "0.1.0"

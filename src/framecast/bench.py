@@ -7,12 +7,13 @@
 Three parts, each about `seconds` long, after a warm-up that fills the KV cache of one stream per schedule:
 
 * first frame: fresh streams (a new prompt each, so text encoding counts) until their first frame.
-* stream:      the warm streams tick by tick through `Stream.step` (DiT + decode to uint8); frames per
+* stream:      the warm streams tick by tick through the driver's step (DiT + decode to uint8); frames per
                second, chunk latency (wall time from the start of the tick that admits a chunk to the
                end of the tick that emits it) and the time between emitted chunks.
-* overhead:    `Engine.step` alone (no decode): a forward pre-hook records the exact inputs of whole
-               chunks' worth of denoiser calls, as many further passes are timed with nothing recorded,
-               and the recorded calls are replayed in a bare loop; engine time over bare time.
+* overhead:    the driver's step up to the finished latents (`Driver.advance`: input, admission, the
+               batched pass; no decode): a forward pre-hook records the exact inputs of whole chunks' worth
+               of denoiser calls, as many further steps are timed with nothing recorded, and the recorded
+               calls are replayed in a bare loop; engine time over bare time.
 
 The two schedules alternate round by round (and engine with bare loop), the order flipping every round,
 so that machine noise hits both alike. See docs/benchmarks.md.
@@ -36,8 +37,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from framecast.engine.live import Stream
 from framecast.pipeline import Pipeline
-from framecast.stream.live import Stream
+from framecast.stream.config import StreamConfig
 
 SCHEDULES: dict[str, bool] = {"stream batch": True, "sequential": False}  # name -> StreamConfig.batch_steps
 ROUNDS = 6  # rounds per part; schedules (and engine / bare loop) alternate within each
@@ -58,7 +60,7 @@ class ScheduleResult:
     latency_p99_ms: float
     interval_p50_ms: float  # time between emitted chunks
     interval_p99_ms: float
-    engine_fps: float  # DiT-only: Engine.step without decode
+    engine_fps: float  # DiT-only: the driver step without decode (`Driver.advance`)
     bare_fps: float  # the same forward passes replayed in a bare loop
     engine_vs_bare: float  # engine_fps / bare_fps, median over rounds (1.0 = no overhead)
     overhead_pct: float  # (engine time / bare time - 1) * 100, median over rounds
@@ -160,11 +162,10 @@ class _Timeline:
 
 
 def _tick(stream: Stream, log: _Timeline, device: torch.device) -> None:
-    before = stream.state.next_chunk
     t0 = _clock(device)  # sync inside: the tick starts on an idle device
-    frames = stream.step()
+    out = stream.driver.step([stream])[0]
     t1 = _clock(device)  # sync inside: the tick's kernels (including decode) are done
-    log.record(t0, t1, stream.state.next_chunk - before, len(frames))
+    log.record(t0, t1, out.admitted, len(out.frames))
 
 
 def _stream_round(stream: Stream, log: _Timeline, device: torch.device, budget: float) -> None:
@@ -176,8 +177,7 @@ def _stream_round(stream: Stream, log: _Timeline, device: torch.device, budget: 
 
 def _warm_up(stream: Stream, log: _Timeline, device: torch.device) -> None:
     """Tick until the KV cache is full, so timed passes have steady-state shapes."""
-    cfg = stream.state.cfg
-    while stream.state.next_chunk < cfg.cache_chunks + cfg.steps + 2:
+    for _ in range(stream.cfg.warm_chunks * stream.cfg.passes_per_chunk):
         _tick(stream, log, device)
     log.latencies.clear()
     log.intervals.clear()
@@ -187,9 +187,9 @@ def _warm_up(stream: Stream, log: _Timeline, device: torch.device) -> None:
 # -- first frame ---------------------------------------------------------------------------------------
 
 
-def _first_frame(pipe: Pipeline, prompt: str, seed: int, overrides: dict[str, Any]) -> float:
+def _first_frame(pipe: Pipeline, prompt: str, seed: int, cfg: StreamConfig) -> float:
     t0 = _clock(pipe.device)  # sync inside: nothing else is running when the viewer arrives
-    stream = pipe.stream(prompt, seed, **overrides)
+    stream = pipe.stream(prompt, seed, cfg)
     while not stream.step():
         pass
     return _clock(pipe.device) - t0  # sync inside: the first frame is on the host
@@ -220,32 +220,26 @@ def _recording(model: nn.Module) -> Iterator[_Recorder]:
         handle.remove()
 
 
-def _passes_per_chunk(stream: Stream) -> int:
-    """Forward passes per emitted chunk in steady state: one cycle of the schedule's pass kinds."""
-    cfg = stream.state.cfg
-    return 1 if cfg.batch_steps else cfg.final_pass + 1
-
-
 def _record_round(pipe: Pipeline, stream: Stream, budget: float) -> list[Call]:
     """Engine passes (no decode) for about `budget` seconds, whole chunks' worth, with their inputs recorded."""
-    cycle = _passes_per_chunk(stream)
-    with _recording(pipe.engine.model) as rec:
+    cycle = stream.cfg.passes_per_chunk  # one cycle of the schedule's pass kinds
+    with _recording(pipe.dit) as rec:
         t0 = time.perf_counter()
         while (
             not rec.calls or len(rec.calls) % cycle or (time.perf_counter() - t0 < budget and rec.nbytes < RECORD_BYTES)
         ):
-            pipe.engine.step([stream.state], [stream.next_condition])
+            pipe.driver.advance([stream])
     return rec.calls
 
 
 def _engine_round(pipe: Pipeline, stream: Stream, passes: int) -> float:
-    """Wall time of the next `passes` engine passes (no decode), with nothing recorded: the engine as streams run it.
+    """Wall time of the next `passes` driver steps (no decode), with nothing recorded: the engine as streams run it.
 
     They follow the recorded passes on the same stream: the same number of whole chunks, so the same mix of passes.
     """
     t0 = _clock(pipe.device)  # sync inside: start on an idle device
     for _ in range(passes):
-        pipe.engine.step([stream.state], [stream.next_condition])
+        pipe.driver.advance([stream])
     return _clock(pipe.device) - t0  # sync inside: the round's last pass is done
 
 
@@ -273,7 +267,7 @@ class _Overhead:
 def _overhead_round(pipe: Pipeline, stream: Stream, out: _Overhead | None, budget: float) -> None:
     calls = _record_round(pipe, stream, budget)
     engine_s = _engine_round(pipe, stream, len(calls))
-    bare_s = _bare_round(pipe.engine.model, calls, pipe.device)
+    bare_s = _bare_round(pipe.dit, calls, pipe.device)
     if out is not None:  # None: a warm-up round
         out.add(engine_s, bare_s, len(calls))
 
@@ -286,7 +280,7 @@ class _Schedule:
     """Everything measured for one schedule during a run."""
 
     name: str
-    overrides: dict[str, Any]
+    cfg: StreamConfig
     stream: Stream
     log: _Timeline
     first: list[float] = field(default_factory=list)
@@ -294,15 +288,12 @@ class _Schedule:
 
     @property
     def passes_per_chunk(self) -> int:
-        return _passes_per_chunk(self.stream)
+        return self.cfg.passes_per_chunk
 
 
 def _make_schedule(pipe: Pipeline, name: str, seed: int, steps: int | None) -> _Schedule:
-    overrides: dict[str, Any] = {"batch_steps": SCHEDULES[name]}
-    if steps is not None:
-        overrides["steps"] = steps
-    stream = pipe.stream(PROMPT, seed, **overrides)
-    return _Schedule(name, overrides, stream, _Timeline(pipe.frames_per_chunk))
+    cfg = pipe.stream_config(batch_steps=SCHEDULES[name], **({} if steps is None else {"steps": steps}))
+    return _Schedule(name, cfg, pipe.stream(PROMPT, seed, cfg), _Timeline(pipe.frames_per_chunk))
 
 
 def _alternate(scheds: list[_Schedule], i: int) -> list[_Schedule]:
@@ -315,7 +306,7 @@ def _part_first_frame(pipe: Pipeline, scheds: list[_Schedule], seed: int, budget
     while n == 0 or time.perf_counter() - start < budget:
         for s in _alternate(scheds, i + n):
             prompt = f"{PROMPT}, take {i}.{n}"  # new prompt: text encoding is part of a first frame
-            s.first.append(_first_frame(pipe, prompt, seed, s.overrides))
+            s.first.append(_first_frame(pipe, prompt, seed, s.cfg))
         n += 1
 
 
@@ -358,7 +349,7 @@ def _result(pipe: Pipeline, model: str, random_weights: bool, seconds: float, sc
         device=str(pipe.device),
         dtype=str(pipe.dtype).removeprefix("torch."),
         frame_size=pipe.frame_size,
-        steps=scheds[0].stream.state.cfg.steps,
+        steps=scheds[0].cfg.steps,
         frames_per_chunk=pipe.frames_per_chunk,
         seconds=seconds,
         stream_batch=batch,

@@ -15,8 +15,8 @@ from framecast.errors import FramecastError, InputError
 if TYPE_CHECKING:
     import numpy as np
 
+    from framecast.engine.live import Stream
     from framecast.stream.config import StreamConfig
-    from framecast.stream.live import Stream
     from framecast.v2v import MotionConfig, V2VConfig, VideoFileSource
 
 
@@ -191,18 +191,17 @@ def _generate(a: argparse.Namespace) -> None:
     source = _open_input(a) if a.input is not None else None  # a bad input file costs nothing either
     pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
     v2v = _v2v_config(a, pipe.motion_config())
-    overrides = {"batch_steps": not a.sequential, **_sampling_overrides(a)}
-    pipe.stream_config(**overrides)  # validate before any file is opened
+    cfg = pipe.stream_config(batch_steps=not a.sequential, **_sampling_overrides(a))  # checked before any file opens
     if source is None:
         fps = a.fps or pipe.config.fps
         total = max(1, round((a.seconds or 4.0) * fps))
-        frames = pipe.frames(a.prompt, total, a.seed, [(round(s * fps), p) for s, p in changes], **overrides)
+        frames = pipe.frames(a.prompt, total, a.seed, [(round(s * fps), p) for s, p in changes], cfg)
         _write(a.output, frames, fps, pipe.frame_size, total)
         return
     fps = a.fps or source.fps or pipe.config.fps
-    stream = pipe.video_stream(a.prompt, source, a.seed, v2v, **overrides)
+    stream = pipe.video_stream(a.prompt, source, a.seed, v2v, cfg)
     _write(a.output, _switching(stream, [(round(s * fps), p) for s, p in changes]), fps, pipe.frame_size, None)
-    print(_v2v_report(stream, pipe.stream_config(**overrides), pipe.frames_per_chunk), file=sys.stderr)
+    print(_v2v_report(stream, cfg, pipe.frames_per_chunk), file=sys.stderr)
 
 
 def _open_input(a: argparse.Namespace) -> VideoFileSource:

@@ -1,4 +1,5 @@
-"""The pipeline: a DiT, an autoencoder and a text encoder loaded together, and streams over them.
+"""The pipeline: a model family (a DiT, an autoencoder and a text encoder) loaded together, the driver over it,
+and streams.
 
     pipe = Pipeline.load("tiny")                    # built-in name or a local model folder
     stream = pipe.stream("a red circle moving left", seed=0)
@@ -7,7 +8,9 @@
     frames = pipe.generate("a red circle", num_frames=64)   # (T, H, W, 3) uint8
     for frame in pipe.video_to_video("a blue square", "in.mp4"): ...   # follows the input (docs/v2v.md)
 
-A model folder holds `framecast.json` (this file's `PipelineConfig`), `dit/` and `autoencoder/`.
+A model folder holds `framecast.json` (this file's `PipelineConfig`), `dit/` and `autoencoder/`. Stream
+settings are a typed `StreamConfig`: the model's own, overridden once by `stream_config(**fields)` or by a
+`config=` handed in whole.
 """
 
 from __future__ import annotations
@@ -17,15 +20,15 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from framecast.engine.engine import Engine
+from framecast.engine.driver import Driver
+from framecast.engine.live import Stream
 from framecast.errors import InputError, ModelLoadError
-from framecast.io.frames import frames_to_uint8, uint8_to_frames
+from framecast.family.causal import CausalFamily, check_prompt
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, load_autoencoder, save_autoencoder
 from framecast.models.checkpoint import load_dit, save_dit
 from framecast.models.config import preset
@@ -33,8 +36,6 @@ from framecast.models.dit import CausalWanDiT
 from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_encoder
 from framecast.models.weights import read_json
 from framecast.stream.config import StreamConfig
-from framecast.stream.live import Conditioner, Stream
-from framecast.stream.state import Condition, StreamState
 from framecast.v2v.controller import MotionConfig
 from framecast.v2v.feed import InputFeed, V2VConfig
 from framecast.v2v.sources import as_source
@@ -43,25 +44,58 @@ PIPELINE_FILE = "framecast.json"
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BUILTIN = ("tiny",)  # the built-in model, for text to video and video to video (docs/model-card.md)
 ALIASES = {"tiny-v2v": "tiny"}  # earlier names: a separate video-to-video model until one model did both
+T = TypeVar("T")
 
 
 @dataclass
 class PipelineConfig:
+    """A model folder's `framecast.json`: its frame rate, text encoder, autoencoder folder, and its own stream and
+    video-to-video settings (fields left out of the file keep the dataclasses' defaults)."""
+
     fps: float = 16.0
     text_encoder: str = "minilm"
-    stream: dict[str, Any] = field(default_factory=dict)
+    stream: StreamConfig = field(default_factory=StreamConfig)
     autoencoder: str = "autoencoder"  # its folder, relative to the model folder (models may share one)
-    motion: dict[str, Any] = field(default_factory=dict)  # the model's video-to-video strengths (MotionConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)  # the model's video-to-video strengths
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PipelineConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(d) - known:
-            raise ModelLoadError(f"unknown keys in {PIPELINE_FILE}: {', '.join(sorted(set(d) - known))}")
-        motion = {f.name for f in dataclasses.fields(MotionConfig)}
-        if set(d.get("motion", {})) - motion:
-            raise ModelLoadError(f"unknown motion keys in {PIPELINE_FILE}: {sorted(set(d['motion']) - motion)}")
-        return cls(**d)
+        _check_keys(cls, d, "")
+        typed = {"stream": StreamConfig, "motion": MotionConfig}
+        fields = {k: _typed(typed[k], v, k) if k in typed else v for k, v in d.items()}
+        return cls(**fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_keys(kind: type, d: object, section: str) -> None:
+    where = f"{section} keys" if section else "keys"
+    if not isinstance(d, dict):
+        what = section or "the file"
+        raise ModelLoadError(f"{what} in {PIPELINE_FILE} must be a JSON object, got {type(d).__name__}")
+    unknown = set(d) - {f.name for f in dataclasses.fields(kind)}
+    if unknown:
+        raise ModelLoadError(f"unknown {where} in {PIPELINE_FILE}: {', '.join(sorted(unknown))}")
+
+
+def _typed(kind: type[T], d: object, section: str) -> T:
+    """A settings dataclass from a section of `framecast.json`, checked (unknown keys, values out of range)."""
+    _check_keys(kind, d, section)
+    try:
+        return kind(**d)  # type: ignore[arg-type]
+    except InputError as e:
+        raise ModelLoadError(f"{section} settings in {PIPELINE_FILE}: {e}") from None
+
+
+def with_fields(base: T, section: str, **fields: Any) -> T:
+    """`base` (a settings dataclass) with `fields` replaced, validated once; unknown names are a clear error."""
+    known = {f.name for f in dataclasses.fields(base)}  # type: ignore[arg-type]
+    unknown = set(fields) - known
+    if unknown:
+        names, known_names = ", ".join(sorted(unknown)), ", ".join(sorted(known))
+        raise InputError(f"unknown {section} settings: {names} (known: {known_names})")
+    return dataclasses.replace(base, **fields)  # type: ignore[type-var]
 
 
 class Pipeline:
@@ -74,15 +108,11 @@ class Pipeline:
         device: str | torch.device = "cpu",
     ) -> None:
         self.config = config or PipelineConfig()
-        self.device = torch.device(device)
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        self.dit = dit.to(self.device, self.dtype).eval()
-        self.autoencoder = autoencoder.to(self.device).eval()
-        self.text_encoder = text_encoder
-        self.engine = Engine(self.dit)
-        self.conditioner = Conditioner(self._embed, self._cross)
-        self._null_cond: Condition | None = None
-        _check_compatible(self.dit, self.autoencoder, self.text_encoder)
+        self.family = CausalFamily(dit, autoencoder, text_encoder, torch.device(device))
+        self.driver = Driver(self.family)
+        self.device, self.dtype = self.family.device, self.family.dtype
+        self.dit, self.autoencoder, self.text_encoder = self.family.dit, self.family.autoencoder, text_encoder
+        self.conditioner = self.family.conditioner
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod
@@ -123,45 +153,53 @@ class Pipeline:
         save_dit(self.dit, out / "dit")
         save_autoencoder(self.autoencoder, out / "autoencoder")
         config = dataclasses.replace(self.config, autoencoder="autoencoder")
-        (out / PIPELINE_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+        (out / PIPELINE_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         return out
 
     # -- geometry ------------------------------------------------------------------------------
     @property
     def frame_size(self) -> tuple[int, int]:
         """(height, width) of output frames in pixels."""
-        c, sf = self.dit.config, self.autoencoder.spatial_factor
-        return c.latent_height * sf, c.latent_width * sf
+        return self.family.frame_size
 
     @property
     def frames_per_chunk(self) -> int:
-        return self.dit.config.chunk_frames * self.autoencoder.temporal_factor
+        return self.family.frames_per_chunk
 
     # -- streaming -----------------------------------------------------------------------------
-    def stream_config(self, **overrides: Any) -> StreamConfig:
-        return StreamConfig(**{**self.config.stream, **overrides})
+    def stream_config(self, **fields: Any) -> StreamConfig:
+        """The model's stream settings with `fields` (any `StreamConfig` field) replaced, checked once."""
+        return with_fields(self.config.stream, "stream", **fields)
 
-    def stream(self, prompt: str, seed: int = 0, **overrides: Any) -> Stream:
-        """A new endless stream; `overrides` are `StreamConfig` fields (steps, batch_steps, ...)."""
-        cfg = self.stream_config(**overrides)
-        null = self._null() if cfg.guided else None
-        state = StreamState.create(self.dit.config, cfg, seed, self.dtype, self.device, null)
-        return Stream(self.engine, state, _check_prompt(prompt), self.conditioner, self._decode)
+    def motion_config(self, **fields: Any) -> MotionConfig:
+        """The model's motion-aware strength settings (`framecast.json`) with `fields` replaced."""
+        return with_fields(self.config.motion, "motion", **fields)
 
-    def motion_config(self, **overrides: Any) -> MotionConfig:
-        """The motion-aware strength settings: `MotionConfig` defaults, then the model's own (`framecast.json`),
-        then `overrides`."""
-        return MotionConfig(**{**self.config.motion, **overrides})
+    def stream(self, prompt: str, seed: int = 0, config: StreamConfig | None = None, **fields: Any) -> Stream:
+        """A new endless stream under `config` (default: the model's), with `fields` (StreamConfig fields:
+        steps, batch_steps, ...) replaced."""
+        cfg = self.stream_config(**fields) if config is None else with_fields(config, "stream", **fields)
+        return Stream(self.driver, cfg, check_prompt(prompt), seed)
 
     def video_stream(
-        self, prompt: str, source: object, seed: int = 0, v2v: V2VConfig | None = None, **overrides: Any
+        self,
+        prompt: str,
+        source: object,
+        seed: int = 0,
+        v2v: V2VConfig | None = None,
+        config: StreamConfig | None = None,
+        input_end: Literal["stop", "prompt"] = "stop",
+        **fields: Any,
     ) -> Stream:
         """A stream that follows `source` (a `FrameSource`, a video file path, a clip (T, H, W, 3) or an
         iterable of uint8 frames): each input chunk is encoded, noised to its strength and denoised under
-        the prompt. Iterating it ends when a finite source does; `stream.feed.stats` says what happened."""
-        stream = self.stream(prompt, seed, **overrides)
-        v2v = v2v or V2VConfig(self.motion_config())
-        stream.feed = InputFeed(as_source(source), self._encode, self.frame_size, self.frames_per_chunk, v2v)
+        the prompt. Iterating it ends when a finite source does (`input_end="prompt"`: the stream goes on from
+        the prompt alone instead); `stream.input_stats` says what happened."""
+        stream = self.stream(prompt, seed, config, **fields)
+        v2v = v2v or V2VConfig(self.config.motion)
+        fam = self.family
+        stream.feed = InputFeed(as_source(source), fam.encode, fam.frame_size, fam.frames_per_chunk, v2v)
+        stream.input_end = input_end
         return stream
 
     def video_to_video(
@@ -171,7 +209,7 @@ class Pipeline:
         strength: float | None = None,
         seed: int = 0,
         v2v: V2VConfig | None = None,
-        **overrides: Any,
+        **fields: Any,
     ) -> Iterator[np.ndarray]:
         """Yield one uint8 (H, W, 3) frame per input frame, in order: the input redrawn under the prompt.
 
@@ -179,17 +217,23 @@ class Pipeline:
         controller of `v2v` (by default on). Similar chunks skip the model as `v2v.similarity` says.
         """
         if strength is not None:
-            base = v2v or V2VConfig(self.motion_config())
+            base = v2v or V2VConfig(self.config.motion)
             v2v = dataclasses.replace(base, motion=dataclasses.replace(base.motion, enabled=False, fixed=strength))
-        return iter(self.video_stream(prompt, source, seed, v2v, **overrides))
+        return iter(self.video_stream(prompt, source, seed, v2v, None, "stop", **fields))
 
     def frames(
-        self, prompt: str, num_frames: int, seed: int = 0, prompt_at: Iterable[tuple[int, str]] = (), **overrides: Any
+        self,
+        prompt: str,
+        num_frames: int,
+        seed: int = 0,
+        prompt_at: Iterable[tuple[int, str]] = (),
+        config: StreamConfig | None = None,
+        **fields: Any,
     ) -> Iterator[np.ndarray]:
         """Yield `num_frames` uint8 (H, W, 3) frames; `prompt_at` switches prompts at frame indices."""
         if num_frames < 1:
             raise InputError(f"number of frames must be positive, got {num_frames}")
-        stream, changes = self.stream(prompt, seed, **overrides), sorted(prompt_at)
+        stream, changes = self.stream(prompt, seed, config, **fields), sorted(prompt_at)
         for n, frame in enumerate(stream):
             while changes and changes[0][0] <= n:
                 stream.set_prompt(changes.pop(0)[1])
@@ -198,52 +242,16 @@ class Pipeline:
                 return
 
     def generate(
-        self, prompt: str, num_frames: int, seed: int = 0, prompt_at: Iterable[tuple[int, str]] = (), **overrides: Any
+        self,
+        prompt: str,
+        num_frames: int,
+        seed: int = 0,
+        prompt_at: Iterable[tuple[int, str]] = (),
+        config: StreamConfig | None = None,
+        **fields: Any,
     ) -> np.ndarray:
         """Collect `num_frames` frames: (T, H, W, 3) uint8."""
-        return np.stack(list(self.frames(prompt, num_frames, seed, prompt_at, **overrides)))
-
-    # -- internals -----------------------------------------------------------------------------
-    def _null(self) -> Condition:
-        """The empty prompt's condition (the unconditional side of guidance), computed once."""
-        if self._null_cond is None:
-            self._null_cond = self._cross(self.text_encoder.encode([""])[0].to(self.device))
-        return self._null_cond
-
-    def _embed(self, text: str) -> Tensor:
-        return self.text_encoder.encode([_check_prompt(text)])[0].to(self.device)  # (T, D)
-
-    @torch.inference_mode()
-    def _cross(self, embedding: Tensor) -> Condition:
-        kv = self.dit.cross_kv(embedding[None])  # (L, 1, T, h, hd)
-        return Condition.from_cross(kv)
-
-    @torch.inference_mode()
-    def _encode(self, frames: np.ndarray) -> Tensor:
-        """Input frames uint8 (T, H, W, 3) at the model's size -> latent (1, C, T / tf, h, w) on the device."""
-        return self.autoencoder.encode(uint8_to_frames(frames, self.device))
-
-    @torch.inference_mode()
-    def _decode(self, latent: Tensor, past: Tensor | None) -> list[np.ndarray]:
-        """A finished chunk (C, cf, h, w) and the latent frame before it (C, h, w) -> uint8 frames."""
-        before = None if past is None else past[None].float()
-        frames = self.autoencoder.decode(latent[None].float(), before)  # (1, 3, T, H, W) in [-1, 1]
-        return list(frames_to_uint8(frames))
-
-
-def _check_prompt(text: str) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("prompt must be a non-empty string")
-    return text
-
-
-def _check_compatible(dit: CausalWanDiT, ae: TinyAutoencoder, enc: TextEncoder) -> None:
-    c = dit.config
-    if ae.latent_channels != c.in_channels:
-        raise ModelLoadError(f"autoencoder gives {ae.latent_channels} latent channels, DiT expects {c.in_channels}")
-    if enc.dim != c.text_dim:
-        raise ModelLoadError(f"text encoder gives {enc.dim}-d embeddings, DiT expects {c.text_dim}-d")
-
+        return np.stack(list(self.frames(prompt, num_frames, seed, prompt_at, config, **fields)))
 
 def _resolve(model: str) -> Path:
     if model in BUILTIN:

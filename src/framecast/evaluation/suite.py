@@ -18,6 +18,7 @@ import numpy as np
 
 from framecast.evaluation.scoring import ClipScore, frame_hits, score_clip, seam_flicker
 from framecast.pipeline import Pipeline
+from framecast.stream.config import StreamConfig
 from framecast.world import HELDOUT, caption, prompt_for, render, sample_scene
 
 SWITCHES = (
@@ -60,8 +61,9 @@ class EvalResult:
 Progress = Callable[[str], None]
 
 
-def _overrides(s: EvalSettings) -> dict[str, Any]:
-    return dict(s.stream)
+def _config(pipe: Pipeline, s: EvalSettings) -> StreamConfig:
+    """The model's stream settings with the eval's overrides, checked once."""
+    return pipe.stream_config(**s.stream)
 
 
 def _prompts(triple: tuple[str, str, str], seed: int) -> str:
@@ -84,7 +86,7 @@ def adherence(
     for triple in sorted(HELDOUT)[: s.triples]:
         for seed in range(s.seeds):
             progress(f"adherence {triple} seed {seed}")
-            frames = pipe.generate(_prompts(triple, seed), n, seed=seed, **_overrides(s))
+            frames = pipe.generate(_prompts(triple, seed), n, seed=seed, config=_config(pipe, s))
             clips.append(frames)
             scores.append(score_clip(frames[pipe.frames_per_chunk :], *triple))
             shapes.setdefault(triple[1], []).append(scores[-1].shape)
@@ -115,7 +117,8 @@ def drift(pipe: Pipeline, s: EvalSettings, progress: Progress) -> dict[str, floa
     for i, (color, shape, motion) in enumerate(DRIFT_PROMPTS):
         progress(f"drift stream {i + 1}/{len(DRIFT_PROMPTS)} ({s.drift_seconds:g} s)")
         head, tail = [], []
-        for n, frame in enumerate(pipe.frames(prompt_for(color, shape, motion), total, seed=i, **_overrides(s))):
+        frames = pipe.frames(prompt_for(color, shape, motion), total, seed=i, config=_config(pipe, s))
+        for n, frame in enumerate(frames):
             if n < win:
                 head.append(frame)
             elif n >= total - win:
@@ -150,7 +153,8 @@ def switches(pipe: Pipeline, s: EvalSettings, progress: Progress) -> dict[str, f
     for n, (k, i, (a, b)) in enumerate(runs):
         progress(f"prompt switch {n + 1}/{len(runs)}")
         seed = 10 * k + i
-        frames = pipe.generate(prompt_for(*a), total, seed=seed, prompt_at=[(at, prompt_for(*b))], **_overrides(s))
+        change = [(at, prompt_for(*b))]
+        frames = pipe.generate(prompt_for(*a), total, seed=seed, prompt_at=change, config=_config(pipe, s))
         lat.append(switch_latency(frames, at, b[0], b[1], fps))
     finite = [x for x in lat if np.isfinite(x)]
     return {
@@ -164,7 +168,7 @@ def switches(pipe: Pipeline, s: EvalSettings, progress: Progress) -> dict[str, f
 def run_eval(pipe: Pipeline, s: EvalSettings | None = None, progress: Progress = lambda _: None) -> EvalResult:
     s = s or EvalSettings()
     adh, by_shape, clips = adherence(pipe, s, progress)
-    settings = {**asdict(s), "stream_config": asdict(pipe.stream_config(**s.stream))}  # what the streams ran with
+    settings = {**asdict(s), "stream_config": asdict(_config(pipe, s))}  # what the streams ran with
     return EvalResult(
         adh, by_shape, temporal(pipe, clips), drift(pipe, s, progress), switches(pipe, s, progress), settings
     )

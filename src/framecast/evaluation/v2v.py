@@ -31,6 +31,7 @@ import torch
 from framecast.evaluation.scoring import frame_hits, score_clip
 from framecast.io.frames import frames_to_uint8, uint8_to_frames
 from framecast.pipeline import Pipeline
+from framecast.stream.config import StreamConfig
 from framecast.v2v import LiveSource, MotionConfig, SimilarityConfig, V2VConfig
 from framecast.v2v.feed import content_lag_bound, latency_bound
 from framecast.world import COLORS, SHAPES, allowed_on, prompt_for, render, sample_scene, track
@@ -57,7 +58,12 @@ class V2VEvalSettings:
         return V2VConfig(motion, SimilarityConfig(enabled=self.skip_similar))
 
     def overrides(self) -> dict[str, Any]:
+        """The StreamConfig fields these settings set."""
         return {**self.stream, **({} if self.steps is None else {"steps": self.steps})}
+
+    def config(self, pipe: Pipeline) -> StreamConfig:
+        """The model's stream settings with these overrides, checked once."""
+        return pipe.stream_config(**self.overrides())
 
 
 @dataclass
@@ -152,7 +158,7 @@ def best_shift(a: np.ndarray | None, b: np.ndarray | None, max_shift: int) -> tu
 def run_clip(pipe: Pipeline, case: Case, s: V2VEvalSettings, frames: int) -> dict[str, Any]:
     """One clip through video to video, read back by the detector."""
     clip = render(case.scene, 0, frames)
-    stream = pipe.video_stream(case.prompt, clip, s.seed, s.v2v(), **s.overrides())
+    stream = pipe.video_stream(case.prompt, clip, s.seed, s.v2v(), s.config(pipe))
     out = np.stack(list(stream))
     assert stream.feed is not None
     h, w = pipe.frame_size
@@ -203,7 +209,7 @@ def live_run(pipe: Pipeline, s: V2VEvalSettings) -> dict[str, float]:
     case = cases(1, s.seed + 1000, h, w)[0]
     clip = render(case.scene, 0, max(per, round(s.live_seconds * fps)))
     source = LiveSource(capacity=2 * per, fps=fps)
-    stream = pipe.video_stream(case.prompt, source, s.seed, s.v2v(), **s.overrides())
+    stream = pipe.video_stream(case.prompt, source, s.seed, s.v2v(), s.config(pipe))
 
     def produce() -> None:
         t0 = time.monotonic()
@@ -245,7 +251,7 @@ def run_v2v_eval(
         progress(f"clip {i + 1}/{s.clips}: {case.prompt}")
         rows.append(run_clip(pipe, case, s, frames))
     mean = lambda key: float(np.mean([r[key] for r in rows]))  # noqa: E731
-    cfg, per = pipe.stream_config(**s.overrides()), pipe.frames_per_chunk
+    cfg, per = s.config(pipe), pipe.frames_per_chunk
     skips = s.v2v().similarity.max_skips if s.skip_similar else 0
     result = V2VEvalResult(
         follow={"position_corr": mean("corr"), "min_corr": min(r["corr"] for r in rows), "found": mean("found")},

@@ -1,15 +1,16 @@
 """The engine loop: one thread runs every session's torch work, batching sessions into shared passes.
 
 Each iteration applies the sessions' pending commands (start, prompt, stop, close), picks the sessions
-that are due (`pacing.pick_due`, earliest deadline first), runs ONE `Engine.step` over all of them (each
-its own row: its own prompt, steps, seed and warm-up phase), decodes the chunks that finished in one
-autoencoder batch and hands their frames to each session's bounded outbox. Nothing else in the server
-touches a `Stream`.
+that are due (`pacing.pick_due`, earliest deadline first) and runs ONE driver step over all of them
+(`engine.driver`: inputs, one batched pass, one batched decode; each stream its own row: its own prompt,
+steps, seed and warm-up phase), then hands each session's frames to its bounded outbox with their play
+times. The server keeps sessions, pacing, admission and metrics; the path from input to frames is the
+driver's. Nothing else in the server touches a `Stream`.
 
-A video-to-video session (webcam or uploaded file) first takes its next input chunk (`InputFeed.prepare`):
-it joins the pass with it, re-emits its last chunk when the similarity filter skips the model, sits out
-while its live input has no whole chunk, and goes on from the prompt alone (with an `input_ended` message)
-when its input ends, breaks or sends nothing for `input_timeout_s`.
+A video-to-video session (webcam or uploaded file) is a stream with an input feed that goes on from the prompt
+alone when its input ends (`input_end="prompt"`): the driver re-emits its last chunk when the similarity filter
+skips the model and leaves it out while its live input has no whole chunk; the server tells the client when
+the input ends, breaks or sends nothing for `input_timeout_s` (an `input_ended` message).
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch import Tensor
 
+from framecast.engine.driver import Emitted
+from framecast.engine.live import Stream
 from framecast.errors import InputError
-from framecast.io.frames import frames_to_uint8
 from framecast.pipeline import Pipeline
 from framecast.server.capacity import CostModel
 from framecast.server.logs import log_event
@@ -36,8 +36,6 @@ from framecast.server.pacing import PlaybackClock, next_ready, pick_due
 from framecast.server.protocol import error_json
 from framecast.server.session import Close, Command, Session, SessionStats, SetPrompt, Start, Stop
 from framecast.server.settings import ServerSettings
-from framecast.stream.live import Stream
-from framecast.stream.state import Condition, StreamState
 from framecast.v2v import Action, FrameSource, LiveSource, V2VConfig, VideoFileSource
 
 log = logging.getLogger("framecast.server.engine")
@@ -116,7 +114,8 @@ class EngineLoop:
 
     def state_bytes(self) -> int:
         """Bytes of the KV caches of all live streams."""
-        return sum(lv.stream.state.memory_bytes() for lv in list(self._live.values()))
+        fam = self.pipeline.family
+        return sum(fam.memory_bytes(lv.stream.state) for lv in list(self._live.values()))
 
     # -- the loop (engine thread) ---------------------------------------------------------------
     def _run(self) -> None:
@@ -135,10 +134,7 @@ class EngineLoop:
         clocks = {k: lv.clock for k, lv in self._live.items()}
         keys = pick_due(clocks, now, lead, self.settings.max_batch_rows)
         if keys:
-            t0 = time.perf_counter()
-            run, waiting = self._take_inputs([self._live[k] for k in keys])
-            if run:
-                self._pass(run, t0)
+            waiting = self._pass([self._live[k] for k in keys])
             if len(waiting) < len(keys):
                 return
             clocks = {k: c for k, c in clocks.items() if k not in waiting}  # they wait for input frames
@@ -173,14 +169,15 @@ class EngineLoop:
             self._end(s, "engine", f"could not apply {type(cmd).__name__.lower()}: {e}")
 
     def _start(self, s: Session, cmd: Start) -> None:
-        p = cmd.params
+        p, pipe = cmd.params, self.pipeline
+        cfg = pipe.stream_config(steps=p.steps, batch_steps=True)
         if p.source == "none":
-            stream = self.pipeline.stream(p.prompt, seed=p.seed, steps=p.steps, batch_steps=True)
+            stream = pipe.stream(p.prompt, p.seed, cfg)
         else:
             fixed = {} if p.strength is None else {"enabled": False, "fixed": p.strength}
-            v2v = V2VConfig(self.pipeline.motion_config(**fixed))
+            v2v = V2VConfig(pipe.motion_config(**fixed))
             source = self._open_input(s, p.source)
-            stream = self.pipeline.video_stream(p.prompt, source, p.seed, v2v, steps=p.steps, batch_steps=True)
+            stream = pipe.video_stream(p.prompt, source, p.seed, v2v, cfg, input_end="prompt")
         s.stats = SessionStats()
         s.outbox.clear_frames()
         self._live[s.id] = Live(s, stream, PlaybackClock(p.fps, self.pipeline.frames_per_chunk), source=p.source)
@@ -201,7 +198,7 @@ class EngineLoop:
         if lv is None:
             return  # stopped meanwhile; the transport already told the client
         lv.stream.set_prompt(cmd.text, blend_chunks=cmd.blend)
-        lv.prompt_mark = (lv.stream.state.next_chunk, cmd.received)
+        lv.prompt_mark = (lv.chunks_out + len(lv.admitted), cmd.received)  # the next chunk admitted
 
     def _end(self, s: Session, code: str, message: str) -> None:
         """Stop a session's stream because of an error, and tell its client."""
@@ -211,56 +208,25 @@ class EngineLoop:
         s.outbox.put_message({"type": "stopped", "reason": code})
 
     # -- video-to-video input ---------------------------------------------------------------------
-    def _take_inputs(self, lives: list[Live]) -> tuple[list[Live], set[str]]:
-        """The next input chunk of every due video-to-video session: the sessions that run this pass, and
-        the ones that wait for input frames. Skipped chunks are re-emitted here; ended inputs fall back."""
-        run, waiting = [], set()
-        for lv in lives:
-            feed = lv.stream.feed
-            if feed is None:
-                run.append(lv)
-                continue
-            action, error = self._prepare(lv)
-            if action is Action.RUN:
-                run.append(lv)
-            elif action is Action.SKIP:
-                self._deliver(lv, feed.repeat(), model=False)
-                self._input_stats(lv)
-            elif action is Action.END:
-                self._input_ended(lv, error)
-                run.append(lv)  # from the prompt alone, from this pass on
-            else:
-                waiting.add(lv.session.id)
-        return run, waiting
-
-    def _prepare(self, lv: Live) -> tuple[Action, str | None]:
+    def _check_webcam(self, lv: Live) -> None:
+        """End a webcam input that sent nothing for `input_timeout_s` (the driver then goes on from the prompt)."""
         feed = lv.stream.feed
-        assert feed is not None
-        src, limit = feed.source, self.settings.input_timeout_s
+        src, limit = (None if feed is None else feed.source), self.settings.input_timeout_s
         if isinstance(src, LiveSource) and not src.ended and time.monotonic() - src.last_push > limit:
             src.end(f"no webcam frame for {limit:g} s: the camera stopped or disconnected")
-        try:
-            return feed.prepare(lv.stream.state), None
-        except InputError as e:  # a file found corrupt part way
-            return Action.END, str(e)
 
-    def _input_ended(self, lv: Live, error: str | None) -> None:
+    def _input_ended(self, lv: Live, reason: str) -> None:
         """Tell the client its input ended or broke; the stream goes on from the prompt, cache kept."""
-        feed = lv.stream.feed
-        assert feed is not None
-        reason = error or feed.source.error or ("the video ended" if lv.source == "file" else "the input ended")
+        if reason == "the input ended" and lv.source == "file":
+            reason = "the video ended"
         message = f"{lv.source}: {reason}; the stream goes on from the prompt alone"
         lv.session.outbox.put_message({"type": "input_ended", "source": lv.source, "message": message})
         log_event(log, "input_ended", session=lv.session.id, source=lv.source, reason=reason)
-        self._input_stats(lv)
-        lv.stream.detach_input()
-        feed.source.close()
 
     def _input_stats(self, lv: Live) -> None:
-        feed = lv.stream.feed
-        if feed is None:
+        st = lv.stream.input_stats
+        if st is None:
             return
-        st = feed.stats
         lv.session.stats.input = {
             "source": lv.source,
             "frames": st.frames_in,
@@ -273,38 +239,40 @@ class EngineLoop:
         }
 
     # -- one pass ---------------------------------------------------------------------------------
-    def _pass(self, lives: list[Live], t0: float) -> None:
-        units = sum(_units(lv.stream.state) for lv in lives)
+    def _pass(self, lives: list[Live]) -> set[str]:
+        """One driver step over the due sessions; returns the ones that wait for input frames."""
+        for lv in lives:
+            self._check_webcam(lv)
+        fam = self.pipeline.family
+        work = [fam.pass_units(lv.stream.state) for lv in lives]  # before the step: what its pass will run
+        t0 = time.perf_counter()
         try:
-            out = self.pipeline.engine.step([lv.stream.state for lv in lives], [_cond(lv) for lv in lives])
+            out = self.pipeline.driver.step([lv.stream for lv in lives])
         except Exception as e:
             log.exception("event=pass_failed rows=%d", len(lives))
             for lv in lives:
                 self._end(lv.session, "engine", f"the engine failed on this stream: {e}")
-            return
+            return set()
         t1 = time.perf_counter()
-        done = [(lv, lat) for lv, latents in zip(lives, out, strict=True) for lat in latents]
-        if done:
-            pasts = [lv.stream.take_past(lat) for lv, lat in done]  # in order: a second chunk follows the first
-            for (lv, _), frames in zip(done, self._decode([lat for _, lat in done], pasts), strict=True):
-                feed = lv.stream.feed
-                self._deliver(lv, frames if feed is None else feed.emitted(frames))
-        for lv in lives:
-            self._input_stats(lv)
-        t2 = time.perf_counter()
-        self.cost.observe(units, t2 - t0)
-        self.passes += 1
-        self.max_rows = max(self.max_rows, len(lives))
-        self.metrics.pass_done(len(lives), t1 - t0, t2 - t1)
+        for lv, em in zip(lives, out, strict=True):
+            self._emit(lv, em, t0)
+        ran = sum(em.action is Action.RUN for em in out)
+        if ran:
+            self.cost.observe(sum(w for w, em in zip(work, out, strict=True) if em.action is Action.RUN), t1 - t0)
+            self.passes += 1
+            self.max_rows = max(self.max_rows, ran)
+            self.metrics.pass_done(ran, t1 - t0, time.perf_counter() - t1)
         self.metrics.queue_depth.set(sum(lv.session.outbox.frames_waiting() for lv in self._live.values()))
+        return {lv.session.id for lv, em in zip(lives, out, strict=True) if em.action is Action.WAIT}
 
-    @torch.inference_mode()
-    def _decode(self, latents: list[Tensor], pasts: list[Tensor | None]) -> list[np.ndarray]:
-        """Finished chunks (C, cf, h, w) of all sessions of a pass and the latent frame before each (C, h, w;
-        None at a stream's start), decoded in one batch: (T, H, W, 3) each."""
-        past = torch.stack([lat[:, 0] if p is None else p for lat, p in zip(latents, pasts, strict=True)])
-        clips = self.pipeline.autoencoder.decode(torch.stack(latents).float(), past.float())  # (N, 3, T, H, W)
-        return [frames_to_uint8(clip) for clip in clips]
+    def _emit(self, lv: Live, em: Emitted, t0: float) -> None:
+        """One session's part of a step: its chunk clock, input messages and frames."""
+        lv.admitted.extend([t0] * em.admitted)
+        if em.input_ended is not None:
+            self._input_ended(lv, em.input_ended)
+        for chunk in em.chunks:
+            self._deliver(lv, chunk, model=em.action is not Action.SKIP)
+        self._input_stats(lv)
 
     def _deliver(self, lv: Live, frames: np.ndarray, model: bool = True) -> None:
         """Frames (T, H, W, 3) of one finished chunk, to the session's outbox with their play times.
@@ -340,33 +308,16 @@ class EngineLoop:
 
     # -- startup ----------------------------------------------------------------------------------
     def calibrate(self) -> None:
-        """Time a few passes of one and of three throwaway streams, to seed the cost model."""
-        n = self.settings.calibrate_passes
+        """Time a few steps of one and of three throwaway streams, to seed the cost model."""
+        n, pipe = self.settings.calibrate_passes, self.pipeline
+        cfg = pipe.stream_config(batch_steps=True)
         for rows in (1, 3) if n else ():
-            streams = [self.pipeline.stream("calibration", seed=i, batch_steps=True) for i in range(rows)]
+            streams = [pipe.stream("calibration", seed=i, config=cfg) for i in range(rows)]
             for j in range(n + 1):  # the first pass (allocations, text encoding) is not timed
-                units = sum(_units(st.state) for st in streams)
+                units = sum(pipe.family.pass_units(st.state) for st in streams)
                 t0 = time.perf_counter()
-                out = self.pipeline.engine.step([st.state for st in streams], [st.next_condition for st in streams])
-                if any(out):
-                    done = [lat for latents in out for lat in latents]
-                    self._decode(done, [None] * len(done))
+                pipe.driver.step(streams)
                 if j:
                     self.cost.observe(units, time.perf_counter() - t0)
         a, b = self.cost.coefficients()
         log_event(log, "calibrated", fixed_ms=round(a * 1000, 2), per_chunk_ms=round(b * 1000, 2))
-
-
-def _cond(lv: Live) -> Callable[[], Condition]:
-    """The condition callback of a row; the engine calls it only when it admits a new chunk."""
-
-    def cond() -> Condition:
-        lv.admitted.append(time.monotonic())
-        return lv.stream.next_condition()
-
-    return cond
-
-
-def _units(state: StreamState) -> int:
-    """Chunks of one stream's next pass (the stream batch admits one chunk a pass); twice when guided."""
-    return (len(state.inflight) + 1) * state.cfg.rows

@@ -19,6 +19,7 @@ import numpy as np
 
 from framecast.errors import InputError
 from framecast.pipeline import Pipeline
+from framecast.sampling.flow import MAX_STEPS
 from framecast.server.capacity import CostModel, Demand
 from framecast.server.encode import decode_image
 from framecast.server.engine_loop import EngineLoop
@@ -224,7 +225,7 @@ class SessionManager:
             "max_upload_bytes": int(self.settings.max_upload_mb * 1e6),
             "limits": {
                 "max_fps": self.settings.max_fps,
-                "max_steps": 4,
+                "max_steps": MAX_STEPS,
                 "max_seed": MAX_SEED,
                 "max_prompt_chars": MAX_PROMPT_CHARS,
                 "max_message_bytes": MAX_CONTROL_BYTES,
@@ -253,9 +254,8 @@ class SessionManager:
 
     # -- admission ----------------------------------------------------------------------------------
     def _demand(self, fps: float, steps: int) -> Demand:
-        cfg = self.pipeline.stream_config(steps=steps)
-        units = (cfg.final_pass + 1) * cfg.rows  # chunks in flight in one row, times its rows
-        return Demand(fps / self.pipeline.frames_per_chunk, units)
+        cfg = self.pipeline.stream_config(steps=steps, batch_steps=True)
+        return Demand(fps / self.pipeline.frames_per_chunk, cfg.chunk_units)
 
     def _load_with(self, new: Demand | None, replacing: Session | None) -> float:
         """Predicted engine load of the streaming sessions (minus `replacing`), plus `new`.

@@ -7,6 +7,10 @@ chunk `chunks[s]` (-1 when empty); sink chunks 0..sinks-1 own the first slots an
 the window slots in turn. The G staging slots hold the keys of (chunk, pass) pairs of a sequential
 stream that later chunks read (see `stream.scheduler`): pass p gets p + 1 slots, used in turn.
 Keys and values are written straight into their slots, and a pass's context is one gather over slots.
+
+A guided stream keeps two rings, the prompt's and the empty prompt's, with the same slots and the same
+writes (`ring_rows`): they are views of one store (2, L, R, S + G, N, h, hd), so the context of both rows
+is one gather (`gather_rows`), and the whole ring of both rows is a view.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from torch import Tensor
 
 from framecast.models.dit import PastKV
 from framecast.models.rope import apply_rope, inv_freqs
+from framecast.stream.memo import BoundedCache
 from framecast.stream.positions import PositionPlan
 
 EMPTY = (-1, -1)  # (chunk, pass) of an unused staging slot
@@ -35,6 +40,7 @@ class RingKV:
     sinks: int
     stage_sizes: list[int] = field(default_factory=list)  # staging slots per pass, see `staging_slots`
     epoch: int = 0
+    rows: Tensor | None = None  # (2, L, R, S + G, N, h, hd): the store of every row of a `ring_rows` group
 
     def __post_init__(self) -> None:
         S, (_, L, slots, N) = len(self.chunks), self.store.shape[:4]
@@ -47,8 +53,11 @@ class RingKV:
         self._dst = [[self.store[i, j, s : s + 1] for i in range(2) for j in range(L)] for s in range(slots)]
         self._ring_view = PastKV(self.k.flatten(1, 2)[:, None], self.v.flatten(1, 2)[:, None])  # (L, 1, S * N, h, hd)
         self._ring_slots = list(range(S))
-        self._angles: dict[tuple, tuple[Tensor, Tensor]] = {}  # rotation cos/sin by slot shifts
-        self._gather_idx: dict[tuple[int, ...], Tensor] = {}
+        self._angles: BoundedCache[tuple, tuple[Tensor, Tensor]] = BoundedCache(64)  # cos/sin by slot shifts
+        self._gather_idx: BoundedCache[tuple[int, ...], Tensor] = BoundedCache(256)
+        if self.rows is not None:  # every row's whole ring (L, R, S * N, h, hd): a view
+            k, v = self.rows[0, :, :, :S], self.rows[1, :, :, :S]
+            self._rows_view = PastKV(k.flatten(2, 3), v.flatten(2, 3))
 
     @classmethod
     def empty(
@@ -120,15 +129,23 @@ class RingKV:
         """
         if slots == self._ring_slots:
             return self._ring_view
-        key = tuple(slots)
-        idx = self._gather_idx.get(key)
-        if idx is None:
-            if len(self._gather_idx) > 256:
-                self._gather_idx.clear()
-            idx = self._gather_idx[key] = torch.tensor(slots, device=self.device)
         _, L, _, N, h, hd = self.store.shape
-        k, v = self.store.index_select(2, idx).view(2, L, 1, len(slots) * N, h, hd).unbind(0)
+        k, v = self.store.index_select(2, self._index(slots)).view(2, L, 1, len(slots) * N, h, hd).unbind(0)
         return PastKV(k, v)
+
+    def gather_rows(self, slots: list[int]) -> PastKV:
+        """As `gather`, for every row of this ring's group at once: (L, R, len * N, h, hd)."""
+        if self.rows is None:
+            return self.gather(slots)
+        if slots == self._ring_slots:
+            return self._rows_view
+        _, L, R, _, N, h, hd = self.rows.shape
+        k, v = self.rows.index_select(3, self._index(slots)).view(2, L, R, len(slots) * N, h, hd).unbind(0)
+        return PastKV(k, v)
+
+    def _index(self, slots: list[int]) -> Tensor:
+        key = tuple(slots)
+        return self._gather_idx.get(key, lambda: torch.tensor(key, device=self.device))
 
     def rotate_to(self, epoch: int, plan: PositionPlan, head_dim: int, theta: float) -> None:
         """Re-rotate every cached key in place from this ring's epoch to `epoch` (exact: rotations compose).
@@ -146,17 +163,37 @@ class RingKV:
 
     def _shift_angles(self, deltas: tuple[int, ...], head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
         """cos, sin (1, S, 1, 1, hd / 2) moving each slot by its temporal shift, as `rope.shift_frames` does."""
-        angles = self._angles.get((deltas, head_dim, theta))
-        if angles is None:
+
+        def make() -> tuple[Tensor, Tensor]:
             f_inv = inv_freqs(head_dim, theta)[0]  # (df / 2,) float64; spatial angles stay zero
             ang = torch.zeros(len(deltas), head_dim // 2, dtype=torch.float64)
             ang[:, : f_inv.numel()] = torch.tensor(deltas, dtype=torch.float64)[:, None] * f_inv
             ang = ang.view(1, len(deltas), 1, 1, -1).to(self.device)
-            if len(self._angles) > 64:
-                self._angles.clear()
-            angles = self._angles[(deltas, head_dim, theta)] = (ang.cos().float(), ang.sin().float())
-        return angles
+            return ang.cos().float(), ang.sin().float()
+
+        return self._angles.get((deltas, head_dim, theta), make)
 
     def nbytes(self) -> int:
         """Bytes of the ring and the staging slots (fixed for the life of the stream)."""
         return self.store.numel() * self.store.element_size()
+
+
+def ring_rows(
+    rows: int,
+    layers: int,
+    sinks: int,
+    window: int,
+    tokens: int,
+    heads: int,
+    head_dim: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    stage_sizes: list[int] | None = None,
+) -> list[RingKV]:
+    """`rows` rings with the same layout over one store: one gather reads the context of every row."""
+    if rows == 1:
+        return [RingKV.empty(layers, sinks, window, tokens, heads, head_dim, dtype, device, stage_sizes)]
+    sizes = stage_sizes or []
+    shape = (2, layers, rows, sinks + window + sum(sizes), tokens, heads, head_dim)
+    store = torch.zeros(shape, dtype=dtype, device=device)
+    return [RingKV(store[:, :, r], [-1] * (sinks + window), sinks, list(sizes), rows=store) for r in range(rows)]

@@ -86,4 +86,33 @@ class StreamConfig:
 
     @property
     def cache_chunks(self) -> int:
+        """Chunks the KV cache holds: the sinks and the window."""
         return self.sink_chunks + self.window_chunks
+
+    # -- schedule facts: what every front end needs to know of a schedule, computed here only --------------
+    @property
+    def chunks_in_flight(self) -> int:
+        """Chunks a stream works on at once in steady state: its row (the stream batch), or one (sequential)."""
+        return self.final_pass + 1 if self.batch_steps else 1
+
+    @property
+    def passes_per_chunk(self) -> int:
+        """Denoiser passes per emitted chunk in steady state."""
+        return 1 if self.batch_steps else self.final_pass + 1
+
+    @property
+    def emit_delay(self) -> int:
+        """Passes between the pass that admits a chunk and the pass that emits it (the stream batch's latency)."""
+        return self.steps - 1 if self.batch_steps else 0
+
+    @property
+    def chunk_units(self) -> int:
+        """Work of one steady pass in chunk-rows: chunks in the row times batch rows (2 when guided). Sequential
+        passes are one chunk each, but `final_pass + 1` of them make a chunk, so both schedules cost the same
+        units per emitted chunk."""
+        return (self.final_pass + 1) * self.rows
+
+    @property
+    def warm_chunks(self) -> int:
+        """Chunks after which a stream runs in steady state: the cache full and the row at its full length."""
+        return self.cache_chunks + self.steps + 2

@@ -12,7 +12,20 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from framecast.stream.memo import BoundedCache
 from framecast.stream.state import Condition
+
+
+class Conditioner:
+    """Text -> condition of one model: embeddings and their conditions cached per prompt (least recently used
+    first out), so a prompt a viewer comes back to costs nothing."""
+
+    def __init__(self, embed: Callable[[str], Tensor], cross: Callable[[Tensor], Condition], size: int = 64) -> None:
+        self.embed, self.cross = embed, cross
+        self._cache: BoundedCache[str, Condition] = BoundedCache(size)
+
+    def __call__(self, text: str) -> Condition:
+        return self._cache.touch(text, lambda: self.cross(self.embed(text)))
 
 
 @dataclass

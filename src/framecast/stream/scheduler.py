@@ -10,9 +10,10 @@ chunk n - m as it was at pass min(j + m, final), plus the sinks, within the wind
 
 Context noise: the clean pass reads its chunk noised to `context_noise` (fresh noise from the stream's
 context generator, one draw per chunk in chunk order), at that timestep; the emitted latent stays clean.
-Guidance: a guided stream keeps a second cache for the empty prompt (`null_ring`, the same slots); every
-request carries the row again under the empty prompt with that cache, and its keys/values fill it, so the
-unconditional branch, too, sees the same context in both schedules.
+Guidance: a guided stream keeps a second cache for the empty prompt (`rings[1]`, the same slots, one store);
+every request carries the row twice, under the prompt and under the empty prompt, each with its own cache
+(one gather for both), and the second row's keys/values fill the second ring, so the unconditional branch,
+too, sees the same context in both schedules.
 
 Video to video (SDEdit): a chunk admitted with a queued `ChunkInput` starts from its input noised to its
 strength s and runs the same `steps` passes over the schedule restricted to [0, s]; the row's pass tables
@@ -23,21 +24,14 @@ every pass of it, the clean pass too (`InFlight.structure`).
 
 from __future__ import annotations
 
-import dataclasses
-import math
-
 import torch
 from torch import Tensor
 
-from framecast.engine.batch import PassRequest, PassResult
 from framecast.errors import InputError
-from framecast.models.dit import CrossKV, PastKV
-from framecast.sampling.flow import add_noise, noise_like, sdedit_sigmas
-from framecast.stream.cache import RingKV
+from framecast.models.dit import CrossKV
+from framecast.sampling.flow import add_noise, sdedit_sigmas
+from framecast.stream.request import PassRequest, PassResult
 from framecast.stream.state import ChunkInput, Condition, InFlight, PassTable, StreamState
-
-NOISE_BLOCK = 8  # chunks of noise drawn at once where that gives the same numbers (see `_next_noise`)
-CACHE_LIMIT = 256  # pass tables (and 64 schedules) kept per stream; video-to-video strengths vary per chunk
 
 
 def admit(state: StreamState, cond: Condition) -> None:
@@ -45,7 +39,7 @@ def admit(state: StreamState, cond: Condition) -> None:
     or, when the front end queued an input for it (video to video), from that input noised to its strength:
     (1 - s) * latent + s * noise with the same noise (so strength 1 gives exactly the text-to-video chunk, unless
     the model also reads the input as its structure: then the chunk keeps it for every pass)."""
-    x, strength, structure = _next_noise(state), 1.0, None  # (1, C, cf, H, W)
+    x, strength, structure = state.noise.next(), 1.0, None  # (1, C, cf, H, W)
     if state.inputs:
         inp = state.inputs.popleft()
         latent = inp.latent.to(x)
@@ -76,20 +70,6 @@ def queue_input(state: StreamState, inp: ChunkInput) -> None:
     state.inputs.append(inp)
 
 
-def _next_noise(state: StreamState) -> Tensor:
-    """Noise (1, C, cf, H, W) of the next chunk: the numbers one draw per chunk gives, drawn a block at a time.
-
-    The CPU generator fills normals 16 at a time, so when a chunk holds a multiple of 16 numbers, one draw
-    of NOISE_BLOCK chunks gives the same numbers as NOISE_BLOCK draws (tested); otherwise one chunk a draw.
-    """
-    if state.noise is None or state.noise_used == state.noise.shape[0]:
-        n = NOISE_BLOCK if state.generator.device.type == "cpu" and math.prod(state.latent_shape) % 16 == 0 else 1
-        noise = noise_like((n, *state.latent_shape), state.generator, dtype=torch.float32)  # on the generator's device
-        state.noise, state.noise_used = noise.to(state.ring.device, non_blocking=True), 0
-    state.noise_used += 1
-    return state.noise.narrow(0, state.noise_used - 1, 1)
-
-
 def needs_chunk(state: StreamState) -> bool:
     """True if the next pass needs a new chunk (call `admit` first)."""
     return state.cfg.batch_steps or not state.inflight
@@ -101,15 +81,10 @@ def next_request(state: StreamState, head_dim: int, theta: float) -> PassRequest
     tick = state.tick if state.cfg.batch_steps else rows[0].chunk + rows[0].next_pass
     epoch = state.plan.epoch(tick)
     if epoch != state.ring.epoch:
-        for ring in _rings(state):
+        for ring in state.rings:
             ring.rotate_to(epoch, state.plan, head_dim, theta)
     slots, chunks = _ring_slots(state, rows[-1].chunk) if state.cfg.batch_steps else _sequential_slots(state, rows[0])
     return _request(state, rows, tick, slots, chunks)
-
-
-def _rings(state: StreamState) -> list[RingKV]:
-    """The stream's caches: the prompt's, and the empty prompt's when guided (same slots, same writes)."""
-    return [state.ring] if state.null_ring is None else [state.ring, state.null_ring]
 
 
 def apply_result(state: StreamState, res: PassResult) -> list[Tensor]:
@@ -120,12 +95,11 @@ def apply_result(state: StreamState, res: PassResult) -> list[Tensor]:
     if table.dsigma is not None:  # Euler step of every frame, with euler_step's arithmetic
         dv = table.dsigma * v
         x = x + (dv if dv.dtype == v.dtype else dv.to(v.dtype))
-    for rg, out in zip(_rings(state), (res, res.uncond), strict=False):
-        assert out is not None, "a guided pass returns its unconditional row"
+    for k, rg in enumerate(state.rings):  # guided: the empty prompt's row follows the prompt's
         for i in range(table.final):
-            rg.write(rows[i].chunk, out.keys, out.values, out.row, i * ring.tokens)
+            rg.write(rows[i].chunk, res.keys, res.values, res.row + k, i * ring.tokens)
         for i, p in table.staged:  # kept for the next chunks, which would have seen them in flight
-            rg.stage(rows[i].chunk, p, out.keys, out.values, out.row, i * ring.tokens)
+            rg.stage(rows[i].chunk, p, res.keys, res.values, res.row + k, i * ring.tokens)
     done = [x[0, :, i * cf : (i + 1) * cf] for i in table.emitted]
     for r in rows:
         r.next_pass += 1
@@ -142,24 +116,15 @@ def _table(state: StreamState, rows: list[InFlight]) -> PassTable:
     key: tuple = tuple([r.next_pass for r in rows])
     if any(r.strength != 1.0 for r in rows):
         key = (key, tuple([r.strength for r in rows]))
-    table = state.tables.get(key)
-    if table is None:
-        if len(state.tables) >= CACHE_LIMIT:
-            state.tables.clear()
-        table = state.tables[key] = _make_table(state, [r.next_pass for r in rows], [r.strength for r in rows])
-    return table
+    passes, strengths = [r.next_pass for r in rows], [r.strength for r in rows]
+    return state.memo.tables.get(key, lambda: _make_table(state, passes, strengths))
 
 
 def _schedule(state: StreamState, strength: float) -> Tensor:
     """Noise levels (steps + 1,) of a chunk that started at `strength` (the stream's own schedule at 1)."""
     if strength == 1.0:
         return state.sigmas
-    sig = state.schedules.get(strength)
-    if sig is None:
-        if len(state.schedules) >= CACHE_LIMIT // 4:
-            state.schedules.clear()
-        sig = state.schedules[strength] = sdedit_sigmas(state.cfg.steps, state.cfg.shift, strength)
-    return sig
+    return state.memo.schedules.get(strength, lambda: sdedit_sigmas(state.cfg.steps, state.cfg.shift, strength))
 
 
 def _make_table(state: StreamState, passes: list[int], strengths: list[float]) -> PassTable:
@@ -173,7 +138,7 @@ def _make_table(state: StreamState, passes: list[int], strengths: list[float]) -
     leaving = sum(j == final for j in passes)
     assert all(j == final for j in passes[:leaving]), "chunks leave the row oldest first"
     return PassTable(
-        t=t[None].to(device),
+        t=t[None].to(device).expand(cfg.rows, -1),
         dsigma=d.view(1, 1, -1, 1, 1).to(device) if any(j < steps for j in passes) else None,
         final=leaving,
         staged=[] if cfg.batch_steps else [(i, j) for i, j in enumerate(passes) if 1 <= j < final],
@@ -203,34 +168,27 @@ def _sequential_slots(state: StreamState, cur: InFlight) -> tuple[list[int], lis
     return slots, chunks
 
 
-def _past(ring: RingKV, slots: list[int]) -> PastKV | None:
-    """Keys/values (L, 1, M, h, hd) of the given store slots as one row (the whole ring: a view)."""
-    return ring.gather(slots) if slots else None
-
-
 def _request(state: StreamState, rows: list[InFlight], tick: int, slots: list[int], pc: list[int]) -> PassRequest:
-    cfg, cf = state.cfg, state.latent_shape[1]
+    cfg, cf, R = state.cfg, state.latent_shape[1], state.cfg.rows
     assert state.x is not None
     chunks, table = [r.chunk for r in rows], _table(state, rows)
     x = state.x
     if cfg.context_noise and table.final:
         x = _noised_context(state, x, table.final)
-    req = PassRequest(
-        x=x,
+    structure = _structure(rows)
+    return PassRequest(
+        x=x if R == 1 else x.expand(R, -1, -1, -1, -1),  # guided: the same frames under the empty prompt
         t=table.t,
         pos=state.plan.row_positions(chunks, tick),
         frame_chunk=chunks if cf == 1 else [c for c in chunks for _ in range(cf)],
         cross=_cross(state, rows),
-        past=_past(state.ring, slots),
+        past=state.ring.gather_rows(slots) if slots else None,
         past_chunk=pc,
         sinks=cfg.sink_chunks,
         window=cfg.window_chunks,
-        structure=_structure(rows),
+        guidance=cfg.guidance,
+        structure=structure if structure is None or R == 1 else structure.expand(R, -1, -1, -1, -1),
     )
-    if state.null_ring is not None:  # guided: the same frames under the empty prompt, from its own cache
-        uncond = dataclasses.replace(req, cross=_null_cross(state, x.shape[2]), past=_past(state.null_ring, slots))
-        req.guidance, req.uncond = cfg.guidance, uncond
-    return req
 
 
 def _structure(rows: list[InFlight]) -> Tensor | None:
@@ -245,42 +203,47 @@ def _structure(rows: list[InFlight]) -> Tensor | None:
 
 def _noised_context(state: StreamState, x: Tensor, final: int) -> Tensor:
     """x (1, C, F, H, W) with the first `final` chunks (at their clean pass) noised to `context_noise`:
-    (1 - s) * x + s * noise, one draw per chunk from the stream's context generator, oldest first (the
+    (1 - s) * x + s * noise, one draw per chunk from the stream's context noise, oldest first (the
     order both schedules reach clean passes in). The row's own latents are left as they are."""
-    s, cf, gen = state.cfg.context_noise, state.latent_shape[1], state.context_generator
-    assert gen is not None
-    noise = torch.cat([noise_like((1, *state.latent_shape), gen, dtype=torch.float32) for _ in range(final)], 2)
+    s, cf, draws = state.cfg.context_noise, state.latent_shape[1], state.context_noise
+    assert draws is not None
+    noise = draws.next() if final == 1 else torch.cat([draws.next() for _ in range(final)], 2)
     head = x[:, :, : final * cf]
-    noised = add_noise(head, noise.to(head.device, head.dtype), s)
-    return torch.cat([noised, x[:, :, final * cf :]], 2)
-
-
-def _null_cross(state: StreamState, frames: int) -> CrossKV:
-    """The empty prompt's condition over `frames` frames (L, 1, F, T, h, hd), a cached view."""
-    null = state.null
-    assert null is not None, "a guided stream is created with the empty prompt's condition"
-    if state.null_cross is None or state.null_cross[0] != frames:
-        mod = None if null.mod is None else _expand_mod(null.mod, frames)
-        state.null_cross = (frames, CrossKV(_expand(null.k, frames), _expand(null.v, frames), mod))
-    return state.null_cross[1]
+    noised = add_noise(head, noise.to(head.dtype), s)
+    return noised if final * cf == x.shape[2] else torch.cat([noised, x[:, :, final * cf :]], 2)
 
 
 def _cross(state: StreamState, rows: list[InFlight]) -> CrossKV:
-    """Condition (L, T, h, hd) of each chunk -> (L, 1, F, T, h, hd); a cached view when all chunks share one."""
+    """Condition (L, T, h, hd) of each chunk -> (L, R, F, T, h, hd), the empty prompt's as the second row
+    when guided; a cached view when all chunks share one condition."""
     cf, cond = state.latent_shape[1], rows[0].cond
     if len(rows) > 1 and any(r.cond is not cond for r in rows):
-        mods = [r.cond.mod for r in rows]
-        mod = None if mods[0] is None else torch.cat([_expand_mod(m, cf) for m in mods if m is not None], 1)
-        return CrossKV(_per_frame([r.cond.k for r in rows], cf), _per_frame([r.cond.v for r in rows], cf), mod)
-    frames = cf * len(rows)
-    if state.cross is None or state.cross[0] is not cond or state.cross[1] != frames:
-        mod = None if cond.mod is None else _expand_mod(cond.mod, frames)
-        state.cross = (cond, frames, CrossKV(_expand(cond.k, frames), _expand(cond.v, frames), mod))
-    return state.cross[2]
+        return _rows(state, [r.cond for r in rows], cf)
+    frames, last = cf * len(rows), state.memo.cross
+    if last is None or last[0] is not cond or last[1] != frames:
+        state.memo.cross = last = (cond, frames, _rows(state, [cond], frames))
+    return last[2]
 
 
-def _per_frame(conds: list[Tensor], cf: int) -> Tensor:
-    return torch.cat([_expand(c, cf) for c in conds], 2)
+def _rows(state: StreamState, conds: list[Condition], frames: int) -> CrossKV:
+    """Each condition over `frames` frames, in turn, as the prompt's row, and the empty prompt's row when guided."""
+    row = _per_frame(conds, frames)
+    if state.null is None or not state.cfg.guided:
+        return row
+    null = _per_frame([state.null], frames * len(conds))
+    mod = None if row.mod is None or null.mod is None else torch.cat([row.mod, null.mod])
+    return CrossKV(torch.cat([row.k, null.k], 1), torch.cat([row.v, null.v], 1), mod)
+
+
+def _per_frame(conds: list[Condition], frames: int) -> CrossKV:
+    """Conditions (L, T, h, hd) -> (L, 1, len * frames, T, h, hd): each over `frames` frames, a view for one."""
+    k = [_expand(c.k, frames) for c in conds]
+    v = [_expand(c.v, frames) for c in conds]
+    mods = [c.mod for c in conds]
+    mod = None if mods[0] is None else torch.cat([_expand_mod(m, frames) for m in mods if m is not None], 1)
+    if len(conds) == 1:
+        return CrossKV(k[0], v[0], mod)
+    return CrossKV(torch.cat(k, 2), torch.cat(v, 2), mod)
 
 
 def _expand(c: Tensor, frames: int) -> Tensor:

@@ -5,6 +5,7 @@ Nothing here lives on an `nn.Module`; a model serves any number of `StreamState`
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -14,12 +15,14 @@ from torch import Tensor
 from framecast.errors import InputError
 from framecast.models.config import DiTConfig
 from framecast.models.dit import CrossKV
-from framecast.sampling.flow import sigmas
-from framecast.stream.cache import RingKV, staging_slots
+from framecast.sampling.flow import noise_like, sigmas
+from framecast.stream.cache import RingKV, ring_rows, staging_slots
 from framecast.stream.config import StreamConfig
+from framecast.stream.memo import BoundedCache
 from framecast.stream.positions import PositionPlan
 
 CONTEXT_SEED = 0x5EED  # the clean pass's noise comes from its own generator, seeded seed + this
+NOISE_BLOCK = 8  # chunks of noise drawn at once where that gives the same numbers (`NoiseDraws`)
 
 
 @dataclass
@@ -66,36 +69,65 @@ class InFlight:
 class PassTable:
     """What a row's pass pattern (the next pass of each chunk in flight) fixes, computed once per pattern."""
 
-    t: Tensor  # (1, F) timesteps
+    t: Tensor  # (R, F) timesteps (R: the stream's rows, 2 when guided; a view of one row)
     dsigma: Tensor | None  # (1, 1, F, 1, 1) Euler step sigma_next - sigma of each frame (0: no step); None: none
     final: int  # rows at their final pass (the first ones: they leave the row)
     staged: list[tuple[int, int]]  # (row, pass) of rows whose keys/values are staged (sequential)
     emitted: list[int]  # rows whose chunk is finished by this pass
 
 
+class NoiseDraws:
+    """Gaussian noise of one chunk after another from a CPU generator, drawn a block of chunks at a time where
+    that gives the numbers one draw per chunk gives: the CPU generator fills normals 16 at a time, so when a
+    chunk holds a multiple of 16 numbers, one draw of NOISE_BLOCK chunks equals NOISE_BLOCK draws (tested)."""
+
+    def __init__(self, seed: int, shape: tuple[int, ...], device: torch.device) -> None:
+        self.generator = torch.Generator().manual_seed(seed)  # on the CPU: the same noise on any device
+        self.shape, self.device = shape, device
+        self.block = NOISE_BLOCK if math.prod(shape) % 16 == 0 else 1
+        self._drawn: Tensor | None = None  # (block, *shape) on `device`
+        self._used = 0
+
+    def next(self) -> Tensor:
+        """The next chunk's noise (1, *shape), float32 on `device` (a view of the block drawn)."""
+        if self._drawn is None or self._used == self._drawn.shape[0]:
+            noise = noise_like((self.block, *self.shape), self.generator, dtype=torch.float32)
+            self._drawn, self._used = noise.to(self.device, non_blocking=True), 0
+        self._used += 1
+        return self._drawn.narrow(0, self._used - 1, 1)
+
+
+@dataclass
+class StreamMemo:
+    """What a stream computes once and reuses: pass tables by pass pattern, schedules by start strength, and
+    the per-frame view of the last condition (guided: the prompt's and the empty prompt's rows)."""
+
+    tables: BoundedCache[tuple, PassTable] = field(default_factory=lambda: BoundedCache(256))
+    schedules: BoundedCache[float, Tensor] = field(default_factory=lambda: BoundedCache(64))
+    cross: tuple[Condition, int, CrossKV] | None = None  # (condition, F, its per-frame view of the stream's rows)
+
+
 @dataclass
 class StreamState:
+    """Everything one stream remembers between passes. `rings[0]` is the prompt's KV cache; a guided stream
+    has a second ring for the empty prompt (the same slots, one store: `cache.ring_rows`)."""
+
     cfg: StreamConfig
     plan: PositionPlan
-    ring: RingKV
-    generator: torch.Generator
+    rings: list[RingKV]
+    noise: NoiseDraws  # the noise every chunk starts from
     sigmas: Tensor  # (steps + 1,) noise levels, last one 0
     latent_shape: tuple[int, int, int, int]  # (C, cf, H, W) of one chunk
     inflight: list[InFlight] = field(default_factory=list)  # oldest first
     x: Tensor | None = None  # (1, C, F, H, W) latents of the chunks in flight, oldest first: the next row
-    noise: Tensor | None = None  # (n, C, cf, H, W) noise of the next chunks, drawn ahead from `generator`
-    noise_used: int = 0  # chunks of `noise` already admitted
     next_chunk: int = 0
     tick: int = 0
-    tables: dict[tuple, PassTable] = field(default_factory=dict)  # by the row's pass pattern (and start strengths)
-    cross: tuple[Condition, int, CrossKV] | None = None  # the last (condition, F, its per-frame view)
     inputs: deque[ChunkInput] = field(default_factory=deque)  # video to video: inputs of the next chunks, in order
-    schedules: dict[float, Tensor] = field(default_factory=dict)  # (steps + 1,) noise levels by start strength < 1
     null: Condition | None = None  # the empty prompt's condition: the unconditional row of guidance
-    null_ring: RingKV | None = None  # guided: the unconditional row's own cache (same slots as `ring`)
-    null_cross: tuple[int, CrossKV] | None = None  # (F, its per-frame view) of `null`
-    context_generator: torch.Generator | None = None  # noise of the clean pass (`StreamConfig.context_noise`)
+    context_noise: NoiseDraws | None = None  # noise of the clean pass (`StreamConfig.context_noise`)
     structured: bool = False  # the model takes a structure input: inputs also go in as `InFlight.structure`
+    decoder_past: Tensor | None = None  # (C, h, w): the last latent frame decoded (the decoder's carried state)
+    memo: StreamMemo = field(default_factory=StreamMemo)
 
     @classmethod
     def create(
@@ -114,17 +146,25 @@ class StreamState:
         tokens = mc.chunk_frames * mc.tokens_per_frame
         stage = [] if cfg.batch_steps else staging_slots(cfg.final_pass)
         dims = (mc.num_layers, cfg.sink_chunks, cfg.window_chunks, tokens, mc.num_heads, mc.head_dim, dtype, device)
-        ring = RingKV.empty(*dims, stage)
-        gen = torch.Generator().manual_seed(seed)  # on the CPU: the same seed gives the same noise on any device
+        rings = ring_rows(cfg.rows, *dims, stage)
         shape = (mc.in_channels, mc.chunk_frames, mc.latent_height, mc.latent_width)
-        ctx = torch.Generator().manual_seed(seed + CONTEXT_SEED) if cfg.context_noise else None
+        ctx = NoiseDraws(seed + CONTEXT_SEED, shape, device) if cfg.context_noise else None
         plan = PositionPlan(cfg, mc.chunk_frames, device)
-        null_ring = RingKV.empty(*dims, list(stage)) if cfg.guided else None
         return cls(
-            cfg, plan, ring, gen, sigmas(cfg.steps, cfg.shift), shape,
-            null=null, null_ring=null_ring, context_generator=ctx, structured=mc.structure_channels > 0,
+            cfg, plan, rings, NoiseDraws(seed, shape, device), sigmas(cfg.steps, cfg.shift), shape,
+            null=null, context_noise=ctx, structured=mc.structure_channels > 0,
         )  # fmt: skip
+
+    @property
+    def ring(self) -> RingKV:
+        """The prompt's KV cache."""
+        return self.rings[0]
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The generator of the stream's noise."""
+        return self.noise.generator
 
     def memory_bytes(self) -> int:
         """Bytes of cached keys/values (ring and staging; twice when guided): the part that scales with the model."""
-        return self.ring.nbytes() + (self.null_ring.nbytes() if self.null_ring is not None else 0)
+        return sum(r.nbytes() for r in self.rings)

@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from framecast.engine.batch import visible
 from framecast.models.config import DiTConfig, preset
 from framecast.models.dit import CausalWanDiT, CrossKV
 from framecast.sampling.flow import shift_sigma, sigmas
+from framecast.stream.request import visible
 from framecast.train.edit import edit_inputs
 from framecast.train.loop import LoopConfig
 

@@ -22,6 +22,7 @@ from framecast.models.autoencoder import TinyAutoencoder, load_autoencoder
 from framecast.models.dit import CausalWanDiT
 from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_encoder
 from framecast.pipeline import Pipeline, PipelineConfig
+from framecast.stream.config import StreamConfig
 from framecast.train.autoencoder import AETrainConfig, finetune_decoder, train_autoencoder
 from framecast.train.checkpoint import TrainState
 from framecast.train.dit import EDIT_KEYS, DiTTrainConfig, drop_text, edit_loss, flow_loss, new_model, take
@@ -48,7 +49,7 @@ class RunConfig:
 
 
 def pipeline_config(cfg: RunConfig) -> PipelineConfig:
-    return PipelineConfig(fps=cfg.fps, text_encoder=cfg.text_encoder, stream={"shift": cfg.dit.shift})
+    return PipelineConfig(fps=cfg.fps, text_encoder=cfg.text_encoder, stream=StreamConfig(shift=cfg.dit.shift))
 
 
 def stage_autoencoder(out: Path, cfg: RunConfig, resume_run: bool) -> TinyAutoencoder:

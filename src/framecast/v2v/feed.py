@@ -1,14 +1,14 @@
 """The input side of one video-to-video stream, between a frame source and the streaming core.
 
-For every chunk the stream admits (`prepare`, called by `Stream` before the pass):
+For every chunk the stream admits (`prepare`, called by the driver before the pass):
 
 1. take the next chunk_frames * temporal_factor frames from the source (a short last chunk of a finite
    input is padded with its last frame; the padding never reaches the output);
 2. fit them to the model's frame size; measure their motion, which gives the chunk's strength (controller);
 3. similarity filter: a chunk nearly identical to the last one the model saw skips the model (SKIP: the
    stream re-emits its last output, runs no pass);
-4. otherwise encode the chunk and queue it on the stream state as a `ChunkInput` (RUN): the scheduler
-   starts the chunk from it (SDEdit).
+4. otherwise encode the chunk and hand it back as a `ChunkInput` (RUN): the driver admits the stream's next
+   chunk from it (SDEdit).
 
 Every input chunk gives exactly one output chunk, in order: output frame i is emitted for input frame i.
 The feed keeps the bookkeeping that measures the lag (docs/v2v.md): which input chunk each output chunk
@@ -26,9 +26,8 @@ from enum import Enum
 import numpy as np
 from torch import Tensor
 
-from framecast.stream import scheduler
 from framecast.stream.config import StreamConfig
-from framecast.stream.state import ChunkInput, StreamState
+from framecast.stream.state import ChunkInput
 from framecast.v2v.controller import MotionConfig, MotionController
 from framecast.v2v.frames import fit_chunk
 from framecast.v2v.similarity import SimilarityConfig, SimilarityFilter
@@ -112,12 +111,12 @@ class InputFeed:
         self._dropped0 = source.dropped  # drops before this feed are not its own
 
     # -- before a pass ------------------------------------------------------------------------------
-    def prepare(self, state: StreamState, timeout: float = 0.0) -> Action:
-        """Take the next input chunk and queue it on `state` (RUN), or say why there is no pass to run."""
+    def prepare(self, timeout: float = 0.0) -> tuple[Action, ChunkInput | None]:
+        """Take the next input chunk: RUN with its encoded input, or why there is no pass to run."""
         grab = self.source.poll(self.per, timeout)
         if grab is None:
             self.done = self.source.ended
-            return Action.END if self.done else Action.WAIT
+            return (Action.END if self.done else Action.WAIT), None
         chunk = fit_chunk(grab.frames, self.size, self.per)  # (F, H, W, 3) uint8
         index = self.stats.chunks_in
         self._take(len(grab.frames), grab.times[-1])
@@ -126,12 +125,11 @@ class InputFeed:
         self.stats.strength_sum += strength
         if self.filter.skip(chunk, allowed=self._last is not None):
             self.stats.skipped += 1
-            return Action.SKIP
+            return Action.SKIP, None
         self._pad = ChunkInput(self.encode(chunk), strength)
-        scheduler.queue_input(state, self._pad)
         self._queued.append(index)
         self.stats.model_chunks += 1
-        return Action.RUN
+        return Action.RUN, self._pad
 
     def _take(self, frames: int, arrived: float) -> None:
         st = self.stats
@@ -144,10 +142,10 @@ class InputFeed:
         """Model chunks queued or in flight whose output has not come out yet."""
         return len(self._queued)
 
-    def pad(self, state: StreamState) -> None:
-        """Queue the last input again: a chunk that only pushes the ones in flight out (its output is dropped)."""
+    def pad(self) -> ChunkInput:
+        """The last input again: a chunk that only pushes the ones in flight out (its output is dropped)."""
         assert self._pad is not None, "nothing to drain"
-        scheduler.queue_input(state, self._pad)
+        return self._pad
 
     # -- after a pass --------------------------------------------------------------------------------
     def emitted(self, frames: np.ndarray) -> np.ndarray:
@@ -178,15 +176,13 @@ class InputFeed:
 
 def latency_bound(cfg: StreamConfig, frames_per_chunk: int) -> int:
     """Most input frames read beyond output frame i when it comes out, for a finite source: the chunk must
-    be whole, and the stream batch emits a chunk `steps - 1` passes after admitting it. (A live source
+    be whole, and the stream batch emits a chunk `cfg.emit_delay` passes after admitting it. (A live source
     adds the frames waiting in its buffer, at most its capacity.)"""
-    delay = cfg.steps - 1 if cfg.batch_steps else 0
-    return (delay + 1) * frames_per_chunk - 1
+    return (cfg.emit_delay + 1) * frames_per_chunk - 1
 
 
 def content_lag_bound(cfg: StreamConfig, frames_per_chunk: int, max_skips: int) -> int:
     """Most frames by which output frame i shows an older input frame than frame i: 0 without skips; a
-    skip re-emits the last output, which in the stream batch is the chunk `steps - 1` passes older, and
+    skip re-emits the last output, which in the stream batch is the chunk `cfg.emit_delay` passes older, and
     delays the chunks in flight by one chunk (docs/v2v.md)."""
-    delay = cfg.steps - 1 if cfg.batch_steps else 0
-    return (delay + 1) * max_skips * frames_per_chunk
+    return (cfg.emit_delay + 1) * max_skips * frames_per_chunk

@@ -1,0 +1,109 @@
+"""The streaming algorithm as a plain loop: the oracle that the fast paths (the stream batch and the sequential
+schedule of `stream.scheduler`, the ring and staging of `stream.cache`, the batching of the causal family) are
+tested against. One stream, one chunk at a time, one forward per (chunk, pass), keys/values in a plain dict
+that is never evicted. Slow on purpose, and used by tests only; it imports nothing it is the oracle of.
+
+The rule it spells out (docs/architecture.md, "What a chunk sees"): chunk n runs passes j = 0..final (final =
+`cfg.final_pass`: the clean pass with `clean_pass`, else the last denoising pass) at tick n + j, and at pass j
+it sees chunk c = n - m (m >= 1) as it was at pass min(j + m, final), if c is a sink or m <= window. Keys are
+cached after RoPE: a key written at tick w and read at tick r moves by the refresh between their epochs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from framecast.errors import InputError
+from framecast.models.config import DiTConfig
+from framecast.models.dit import CausalWanDiT, CrossKV, PastKV
+from framecast.models.rope import shift_frames
+from framecast.sampling.flow import add_noise, noise_like, sdedit_sigmas, sigmas
+from framecast.stream.config import StreamConfig
+from framecast.stream.positions import PositionPlan
+from framecast.stream.state import CONTEXT_SEED, ChunkInput, Condition
+
+KV = dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]]  # (chunk, pass) -> keys, values per layer (1, N, h, hd)
+
+
+@torch.inference_mode()
+def reference_stream(
+    model: CausalWanDiT,
+    cfg: StreamConfig,
+    conds: Callable[[int], Condition] | Sequence[Condition],
+    chunks: int,
+    seed: int,
+    null: Condition | None = None,
+    inputs: Sequence[ChunkInput | None] | None = None,
+) -> Tensor:
+    """The first `chunks` finished latents (chunks, C, cf, H, W) of one stream (float32, CPU).
+
+    conds: the condition of chunk n (a prompt switch is a change between chunks); null: the empty prompt's
+    condition (needed when guided); inputs: the video-to-video input of chunk n, or None (text to video).
+    """
+    mc, final, cf = model.config, cfg.final_pass, model.config.chunk_frames
+    if cfg.guided and null is None:
+        raise InputError("a guided stream (guidance != 1) needs the empty prompt's condition")
+    plan = PositionPlan(cfg, cf)
+    gen = torch.Generator().manual_seed(seed)  # the noise each chunk starts from
+    ctx_gen = torch.Generator().manual_seed(seed + CONTEXT_SEED)  # the clean pass's context noise
+    shape = (1, mc.in_channels, cf, mc.latent_height, mc.latent_width)
+    caches: list[KV] = [{}, {}]  # the prompt's keys/values, the empty prompt's (guided)
+    done = []
+    for n in range(chunks):
+        cond = conds(n) if callable(conds) else conds[n]
+        branches = [(cond, caches[0])] + ([(null, caches[1])] if cfg.guided and null is not None else [])
+        inp = inputs[n] if inputs is not None and n < len(inputs) else None
+        noise = noise_like(shape, gen, dtype=torch.float32)  # (1, C, cf, H, W)
+        x, sig, structure = noise, sigmas(cfg.steps, cfg.shift), None  # sig: (steps + 1,)
+        if inp is not None:  # SDEdit: start from the input noised to s, the schedule restricted to [0, s]
+            x, sig = add_noise(inp.latent, noise, inp.strength), sdedit_sigmas(cfg.steps, cfg.shift, inp.strength)
+            structure = inp.latent if mc.structure_channels else None  # (1, Cs, cf, H, W), every pass
+        for j in range(final + 1):
+            tick = n + j
+            pos = plan.frame_positions(n, tick)[None]  # (1, cf)
+            if j < cfg.steps:  # a denoising pass
+                x_in, t = x, (sig[j] * 1000.0).repeat(1, cf)  # (1, C, cf, H, W), (1, cf)
+            else:  # the clean pass over the finished latent, maybe noised to context_noise
+                ctx_noise = noise_like(shape, ctx_gen, dtype=torch.float32) if cfg.context_noise else None
+                x_in = x if ctx_noise is None else add_noise(x, ctx_noise, cfg.context_noise)
+                t = (torch.tensor(cfg.context_noise) * 1000.0).repeat(1, cf)
+            vs = []
+            for branch_cond, kv in branches:
+                past = _context(kv, n, j, cfg, plan, mc)  # (L, 1, M, h, hd) keys and values, or None
+                out = model(x_in, t, pos, _cross(branch_cond, cf), past, None, structure)
+                kv[(n, j)] = (out.keys, out.values)  # its own keys, after RoPE at this tick's positions
+                vs.append(out.velocity)  # (1, C, cf, H, W)
+            if j < cfg.steps:
+                v = vs[0] if len(vs) == 1 else vs[1] + cfg.guidance * (vs[0] - vs[1])
+                x = x + (sig[j + 1] - sig[j]) * v  # Euler step
+        done.append(x[0])  # (C, cf, H, W)
+    return torch.stack(done)
+
+
+def _context(kv: KV, n: int, j: int, cfg: StreamConfig, plan: PositionPlan, mc: DiTConfig) -> PastKV | None:
+    """The keys/values chunk n may see at pass j, oldest first, (L, 1, M, h, hd), at the positions of tick n + j."""
+    ks, vs = [], []
+    for c in range(n):
+        m = n - c
+        if not (c < cfg.sink_chunks or m <= cfg.window_chunks):
+            continue
+        p = min(j + m, cfg.final_pass)
+        keys, values = kv[(c, p)]
+        shift = plan.frame_delta(c, plan.epoch(c + p), plan.epoch(n + j))  # written at tick c + p
+        if shift:
+            keys = [shift_frames(k, shift, mc.head_dim, mc.rope_theta) for k in keys]
+        ks.append(keys)
+        vs.append(values)
+    if not ks:
+        return None
+    keys = [torch.cat(layer, 1) for layer in zip(*ks, strict=True)]  # per layer (1, M, h, hd)
+    values = [torch.cat(layer, 1) for layer in zip(*vs, strict=True)]
+    return PastKV(torch.stack(keys), torch.stack(values))
+
+
+def _cross(cond: Condition, frames: int) -> CrossKV:
+    """A condition (L, T, h, hd) over `frames` frames: (L, 1, frames, T, h, hd), mod (1, frames, D)."""
+    return CrossKV(cond.k[:, None], cond.v[:, None], None if cond.mod is None else cond.mod[None]).per_frame(frames)
