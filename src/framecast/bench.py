@@ -43,6 +43,7 @@ from framecast.stream.config import StreamConfig
 
 SCHEDULES: dict[str, bool] = {"stream batch": True, "sequential": False}  # name -> StreamConfig.batch_steps
 ROUNDS = 6  # rounds per part; schedules (and engine / bare loop) alternate within each
+PAIRS = 3  # engine / bare timings per overhead round, the order flipping each time (one recording, replayed)
 PROMPT = "a red circle moving left"
 MIN_CHUNKS = 2  # latency samples a stream round takes at least, however short `seconds` is
 RECORD_BYTES = 1 << 30  # an overhead round stops recording inputs past this (Wan-size caches are large)
@@ -223,7 +224,7 @@ def _recording(model: nn.Module) -> Iterator[_Recorder]:
 def _record_round(pipe: Pipeline, stream: Stream, budget: float) -> list[Call]:
     """Engine passes (no decode) for about `budget` seconds, whole chunks' worth, with their inputs recorded."""
     cycle = stream.cfg.passes_per_chunk  # one cycle of the schedule's pass kinds
-    with _recording(pipe.dit) as rec:
+    with _recording(pipe.family.network) as rec:
         t0 = time.perf_counter()
         while (
             not rec.calls or len(rec.calls) % cycle or (time.perf_counter() - t0 < budget and rec.nbytes < RECORD_BYTES)
@@ -254,7 +255,7 @@ def _bare_round(model: nn.Module, calls: list[Call], device: torch.device) -> fl
 
 @dataclass
 class _Overhead:
-    engine: list[float] = field(default_factory=list)  # seconds per pass, one entry a round
+    engine: list[float] = field(default_factory=list)  # seconds per pass, one entry an engine / bare pair
     bare: list[float] = field(default_factory=list)
     passes: int = 0
 
@@ -265,11 +266,17 @@ class _Overhead:
 
 
 def _overhead_round(pipe: Pipeline, stream: Stream, out: _Overhead | None, budget: float) -> None:
+    """Record whole chunks' worth of passes, then PAIRS times: as many engine passes and the recorded ones
+    replayed bare, back to back, in alternating order (so a slow moment of the machine hits both alike)."""
     calls = _record_round(pipe, stream, budget)
-    engine_s = _engine_round(pipe, stream, len(calls))
-    bare_s = _bare_round(pipe.dit, calls, pipe.device)
-    if out is not None:  # None: a warm-up round
-        out.add(engine_s, bare_s, len(calls))
+    net, n = pipe.family.network, len(calls)
+    for k in range(PAIRS):
+        if k % 2 == 0:
+            engine_s, bare_s = _engine_round(pipe, stream, n), _bare_round(net, calls, pipe.device)
+        else:
+            bare_s, engine_s = _bare_round(net, calls, pipe.device), _engine_round(pipe, stream, n)
+        if out is not None:  # None: a warm-up round
+            out.add(engine_s, bare_s, len(calls))
 
 
 # -- the run -------------------------------------------------------------------------------------------
@@ -316,8 +323,8 @@ def _part_stream(pipe: Pipeline, scheds: list[_Schedule], budget: float, i: int)
 
 
 def _part_overhead(pipe: Pipeline, scheds: list[_Schedule], budget: float, i: int) -> None:
-    for s in _alternate(scheds, i):  # each round records, times and replays about budget / 6 of passes
-        _overhead_round(pipe, s.stream, s.over if i >= 0 else None, budget / 6)
+    for s in _alternate(scheds, i):  # each round records about budget / 10 of passes, then times PAIRS pairs
+        _overhead_round(pipe, s.stream, s.over if i >= 0 else None, budget / 10)
 
 
 def _summarise(s: _Schedule, frames_per_chunk: int) -> ScheduleResult:

@@ -29,6 +29,7 @@ from framecast.engine.driver import Driver
 from framecast.engine.live import Stream
 from framecast.errors import InputError, ModelLoadError
 from framecast.family.causal import CausalFamily, check_prompt
+from framecast.family.contract import ModelFamily
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, load_autoencoder, save_autoencoder
 from framecast.models.checkpoint import load_dit, save_dit
 from framecast.models.config import preset
@@ -99,6 +100,8 @@ def with_fields(base: T, section: str, **fields: Any) -> T:
 
 
 class Pipeline:
+    """A model family, its settings and the driver over it: what every front end streams through."""
+
     def __init__(
         self,
         dit: CausalWanDiT,
@@ -107,12 +110,24 @@ class Pipeline:
         config: PipelineConfig | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
+        family = CausalFamily(dit, autoencoder, text_encoder, torch.device(device))
+        self._attach(family, config)
+        self.dit, self.autoencoder, self.text_encoder = family.dit, family.autoencoder, text_encoder
+
+    @classmethod
+    def from_family(cls, family: ModelFamily, config: PipelineConfig | None = None) -> Pipeline:
+        """A pipeline over any model family (`family.contract`): the driver, the server, the CLI's streaming
+        and `bench` work through it as they do for the built-in causal DiT."""
+        pipe = cls.__new__(cls)
+        pipe._attach(family, config)
+        return pipe
+
+    def _attach(self, family: ModelFamily, config: PipelineConfig | None) -> None:
         self.config = config or PipelineConfig()
-        self.family = CausalFamily(dit, autoencoder, text_encoder, torch.device(device))
-        self.driver = Driver(self.family)
-        self.device, self.dtype = self.family.device, self.family.dtype
-        self.dit, self.autoencoder, self.text_encoder = self.family.dit, self.family.autoencoder, text_encoder
-        self.conditioner = self.family.conditioner
+        self.family = family
+        self.driver = Driver(family)
+        self.device, self.dtype = family.device, family.dtype
+        self.conditioner = family.conditioner
 
     # -- loading -------------------------------------------------------------------------------
     @classmethod

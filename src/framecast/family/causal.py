@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from framecast.errors import InputError, ModelLoadError
 from framecast.family.denoiser import Denoiser
@@ -38,6 +38,7 @@ class CausalFamily:
         self.autoencoder = autoencoder.to(device).eval()
         self.text_encoder = text_encoder
         self.denoiser = Denoiser(self.dit)
+        self.network: nn.Module = self.dit
         self.conditioner = Conditioner(self._embed, self._cross)
         self._null: Condition | None = None
         _check_compatible(self.dit, self.autoencoder, self.text_encoder)

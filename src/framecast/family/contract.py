@@ -25,7 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from framecast.stream.config import StreamConfig
 from framecast.stream.prompt import Conditioner
@@ -40,6 +40,7 @@ class ModelFamily(Protocol):
     device: torch.device
     dtype: torch.dtype
     conditioner: Conditioner
+    network: nn.Module  # the denoiser network `denoise` calls once (benchmarks hook its forward)
 
     @property
     def frame_size(self) -> tuple[int, int]:

@@ -16,6 +16,7 @@ is one gather (`gather_rows`), and the whole ring of both rows is a view.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -60,21 +61,10 @@ class RingKV:
             self._rows_view = PastKV(k.flatten(2, 3), v.flatten(2, 3))
 
     @classmethod
-    def empty(
-        cls,
-        layers: int,
-        sinks: int,
-        window: int,
-        tokens: int,
-        heads: int,
-        head_dim: int,
-        dtype: torch.dtype,
-        device: torch.device,
-        stage_sizes: list[int] | None = None,
-    ) -> RingKV:
-        sizes = stage_sizes or []
-        shape = (2, layers, sinks + window + sum(sizes), tokens, heads, head_dim)
-        return cls(torch.zeros(shape, dtype=dtype, device=device), [-1] * (sinks + window), sinks, sizes)
+    def empty(cls, *dims: Any) -> RingKV:
+        """A ring of its own: `ring_rows(1, *dims)` (layers, sinks, window, tokens, heads, head_dim, dtype,
+        device, stage sizes)."""
+        return ring_rows(1, *dims)[0]
 
     def slot(self, chunk: int) -> int:
         if chunk < self.sinks:
@@ -190,10 +180,11 @@ def ring_rows(
     device: torch.device,
     stage_sizes: list[int] | None = None,
 ) -> list[RingKV]:
-    """`rows` rings with the same layout over one store: one gather reads the context of every row."""
-    if rows == 1:
-        return [RingKV.empty(layers, sinks, window, tokens, heads, head_dim, dtype, device, stage_sizes)]
+    """`rows` rings with the same layout over one store (2, L, R, S + G, N, h, hd): one gather reads the
+    context of every row. One row is a contiguous store (2, L, S + G, N, h, hd) of its own."""
     sizes = stage_sizes or []
     shape = (2, layers, rows, sinks + window + sum(sizes), tokens, heads, head_dim)
     store = torch.zeros(shape, dtype=dtype, device=device)
+    if rows == 1:
+        return [RingKV(store[:, :, 0].contiguous(), [-1] * (sinks + window), sinks, sizes)]
     return [RingKV(store[:, :, r], [-1] * (sinks + window), sinks, list(sizes), rows=store) for r in range(rows)]
