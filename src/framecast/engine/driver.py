@@ -19,32 +19,16 @@ Iterating a `Stream` (a batch of one), the server's engine thread, `bench` and `
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
-import numpy as np
 from torch import Tensor
 
-from framecast.engine.live import Stream
+from framecast.engine.live import Emitted, Stream
 from framecast.errors import InputError
 from framecast.family.contract import ModelFamily
 from framecast.stream.state import ChunkInput
 from framecast.v2v.feed import Action
 
 Finished = tuple[Stream, Tensor]  # a stream and a latent chunk it finished (family layout), not yet decoded
-
-
-@dataclass
-class Emitted:
-    """What one step did for one stream."""
-
-    action: Action  # RUN: in the pass; SKIP: re-emitted its last chunk; WAIT: no input yet; END: finished
-    chunks: list[np.ndarray] = field(default_factory=list)  # frames (T, H, W, 3) of each chunk out, in order
-    admitted: int = 0  # chunks it started in this step
-    input_ended: str | None = None  # its input ended or broke and it goes on from the prompt: why
-
-    @property
-    def frames(self) -> list[np.ndarray]:
-        return [f for c in self.chunks for f in c]
 
 
 class Driver:

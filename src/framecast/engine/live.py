@@ -7,18 +7,38 @@ iteration ends when a finite input does (after the chunks in flight drain).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import numpy as np
 
-from framecast.family.contract import Condition, State
+from framecast.family.contract import Condition, ModelFamily, State
 from framecast.stream.config import StreamConfig
 from framecast.stream.prompt import PromptState
 from framecast.v2v.feed import Action, FeedStats, InputFeed
 
-if TYPE_CHECKING:
-    from framecast.engine.driver import Driver
+
+@dataclass
+class Emitted:
+    """What one step did for one stream."""
+
+    action: Action  # RUN: in the pass; SKIP: re-emitted its last chunk; WAIT: no input yet; END: finished
+    chunks: list[np.ndarray] = field(default_factory=list)  # frames (T, H, W, 3) of each chunk out, in order
+    admitted: int = 0  # chunks it started in this step
+    input_ended: str | None = None  # its input ended or broke and it goes on from the prompt: why
+
+    @property
+    def frames(self) -> list[np.ndarray]:
+        return [f for c in self.chunks for f in c]
+
+
+class Stepper(Protocol):
+    """What a stream needs of the driver that steps it (`engine.driver.Driver`)."""
+
+    family: ModelFamily
+
+    def step(self, streams: Sequence[Stream], timeout: float = 0.0) -> list[Emitted]: ...
 
 
 class Stream:
@@ -26,7 +46,7 @@ class Stream:
 
     def __init__(
         self,
-        driver: Driver,
+        driver: Stepper,
         cfg: StreamConfig,
         prompt: str,
         seed: int = 0,

@@ -24,8 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from framecast.engine.driver import Emitted
-from framecast.engine.live import Stream
+from framecast.engine.live import Emitted, Stream
 from framecast.errors import InputError
 from framecast.pipeline import Pipeline
 from framecast.server.capacity import CostModel
