@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -16,7 +17,9 @@ from framecast.errors import InputError, ModelLoadError
 from framecast.io.video import read_video
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder
 from framecast.models.dit import CausalWanDiT
-from framecast.pipeline import Pipeline
+from framecast.pipeline import Pipeline, PipelineConfig
+from framecast.stream.config import StreamConfig
+from framecast.v2v.controller import MotionConfig
 from tests.conftest import RandomTextEncoder, tiny_config
 
 
@@ -258,3 +261,29 @@ def test_importing_framecast_lets_idle_threads_sleep_unless_told(given: str | No
     code = "import framecast, os; print(os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+def test_settings_are_typed_and_checked_once(tmp_path: Path) -> None:
+    """framecast.json's stream and motion sections load as dataclasses (checked when read); overrides replace
+    fields of the model's settings once, and an unknown field or a bad value is a clear error."""
+    pipe = _pipe()
+    pipe.config = PipelineConfig.from_dict({"stream": {"steps": 2, "guidance": 1.0}, "motion": {"fixed": 0.7}})
+    assert isinstance(pipe.config.stream, StreamConfig) and pipe.config.stream.steps == 2
+    assert isinstance(pipe.config.motion, MotionConfig) and pipe.config.motion.fixed == 0.7
+    cfg = pipe.stream_config(batch_steps=False)
+    assert (cfg.steps, cfg.batch_steps) == (2, False) and pipe.config.stream.batch_steps  # the model's untouched
+    assert pipe.stream("red", config=cfg).cfg == cfg
+    assert pipe.stream("red", config=cfg, steps=3).cfg == dataclasses.replace(cfg, steps=3)
+    with pytest.raises(InputError, match="unknown stream settings: stepz"):
+        pipe.stream_config(stepz=2)
+    with pytest.raises(InputError, match="steps must be between"):
+        pipe.stream_config(steps=9)
+    with pytest.raises(ModelLoadError, match="unknown stream keys in framecast.json: bogus"):
+        PipelineConfig.from_dict({"stream": {"bogus": 1}})
+    with pytest.raises(ModelLoadError, match="stream settings in framecast.json: guidance"):
+        PipelineConfig.from_dict({"stream": {"guidance": -2.0}})
+    with pytest.raises(ModelLoadError, match="unknown motion keys"):
+        PipelineConfig.from_dict({"motion": {"lo": 0.5}})
+    saved = pipe.save(tmp_path / "m")
+    loaded = Pipeline.load(str(saved), text_encoder=RandomTextEncoder(pipe.dit.config.text_dim))
+    assert loaded.config == pipe.config  # typed settings round-trip through the folder

@@ -91,11 +91,6 @@ class StreamConfig:
 
     # -- schedule facts: what every front end needs to know of a schedule, computed here only --------------
     @property
-    def chunks_in_flight(self) -> int:
-        """Chunks a stream works on at once in steady state: its row (the stream batch), or one (sequential)."""
-        return self.final_pass + 1 if self.batch_steps else 1
-
-    @property
     def passes_per_chunk(self) -> int:
         """Denoiser passes per emitted chunk in steady state."""
         return 1 if self.batch_steps else self.final_pass + 1
