@@ -62,3 +62,15 @@ def to_diffusers(state: dict[str, Tensor]) -> dict[str, Tensor]:
 def from_diffusers(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """diffusers `WanTransformer3DModel` names -> framecast / original Wan2.1 names."""
     return {_rename(k, False): v for k, v in state.items()}
+
+
+def from_diffusers_name(key: str) -> str:
+    """One diffusers `WanTransformer3DModel` parameter name -> its framecast / original Wan2.1 name."""
+    return _rename(key, False)
+
+
+def is_diffusers_name(key: str) -> bool:
+    """Whether `key` is in diffusers' Wan naming (a name only diffusers uses, after any wrapper prefix)."""
+    return key.startswith(("condition_embedder.", "proj_out.", "scale_shift_table")) or bool(
+        re.match(r"^blocks\.\d+\.(attn1|attn2|ffn\.net|scale_shift_table)", key)
+    )

@@ -8,6 +8,14 @@ the keys/values of the pass come back out, so many streams can share one model.
 Parameter names follow the original Wan2.1 checkpoints (`blocks.N.self_attn.q`, `modulation`,
 `head.head`, ...), so their weights load without renaming.
 
+Precision: the model runs in float32, bfloat16 or float16 (`model.to(torch.bfloat16)`). As in Wan2.1's
+reference code, the timestep embedding and projection, the modulation tables, the layer norms and the
+output head (with the refiner) run in float32 whatever the model's dtype: `.to()`, `.half()` and
+`.bfloat16()` keep those parameters (`FLOAT32_MODULES`) in float32, and a forward whose parameters were
+all narrowed another way (a `load_state_dict(assign=True)`) still computes them in float32. The velocity
+comes out in float32 (Wan returns `u.float()`); keys/values come out in the model's dtype, and `past`
+must be in it too.
+
 Layouts:
     latents   (B, C, F, H, W)              F latent frames, H x W latent pixels
     tokens    (B, F, P, D)                 P = (H / 2) * (W / 2) tokens per frame
@@ -18,6 +26,7 @@ Layouts:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +37,43 @@ from framecast.errors import InputError
 from framecast.models.config import DiTConfig
 from framecast.models.refiner import LatentRefiner
 from framecast.models.rope import apply_rope, rope_angles
+
+# Parameters that stay float32 when the model is cast to bfloat16/float16: the timestep path (embedding,
+# projection and the optional text modulation that adds to it), every modulation table, the norms' affine
+# weights and the output head with the refiner (Wan2.1 runs these under autocast(float32); diffusers keeps
+# `time_embedder`, `scale_shift_table` and `norm1..3` in float32). A name matches itself and what is under it.
+FLOAT32_MODULES: tuple[str, ...] = (
+    "time_embedding",
+    "time_projection",
+    "text_modulation",
+    "modulation",
+    "norm1",
+    "norm2",
+    "norm3",
+    "head",
+    "refiner",
+)
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def keeps_float32(name: str) -> bool:
+    """Whether the parameter `name` (as in `state_dict()`) stays float32 in a bfloat16/float16 model."""
+    return any(part in FLOAT32_MODULES for part in name.split("."))
+
+
+def param_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of a module's first parameter (float32 for a module without any)."""
+    p = next(module.parameters(), None)
+    return torch.float32 if p is None else p.dtype
+
+
+class Float32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 (also its weights, whatever their dtype), returned in float32."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
 
 
 @dataclass
@@ -141,11 +187,11 @@ class Block(nn.Module):
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         d = cfg.dim
-        self.norm1 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.norm1 = Float32LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.self_attn = SelfAttention(d, cfg.num_heads, cfg.eps)
-        self.norm3 = nn.LayerNorm(d, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
+        self.norm3 = Float32LayerNorm(d, eps=cfg.eps) if cfg.cross_attn_norm else nn.Identity()
         self.cross_attn = CrossAttention(d, cfg.num_heads, cfg.eps)
-        self.norm2 = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.norm2 = Float32LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
@@ -173,14 +219,14 @@ class Head(nn.Module):
     def __init__(self, cfg: DiTConfig) -> None:
         super().__init__()
         d = cfg.dim
-        self.norm = nn.LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.norm = Float32LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
         self.head = nn.Linear(d, cfg.out_channels * math.prod(cfg.patch_size))
         self.modulation = nn.Parameter(torch.randn(1, 2, d) / d**0.5)
 
     def forward(self, x: Tensor, e: Tensor) -> Tensor:
-        """x: (B, F, P, D); e: (B, F, D) time embedding -> (B, F, P, C * patch volume)."""
+        """x: (B, F, P, D); e: (B, F, D) time embedding -> (B, F, P, C * patch volume), float32."""
         shift, scale = (self.modulation.float() + e.float()[:, :, None, None, :]).unbind(-2)  # (B, F, 1, D)
-        return self.head((self.norm(x.float()) * (1 + scale) + shift).type_as(x))
+        return self.head((self.norm(x.float()) * (1 + scale) + shift).to(self.head.weight.dtype)).float()
 
 
 class CausalWanDiT(nn.Module):
@@ -225,13 +271,26 @@ class CausalWanDiT(nn.Module):
         if c.refiner_channels:
             self.refiner = LatentRefiner(c.out_channels, c.structure_channels, c.refiner_channels, c.dim)
 
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> CausalWanDiT:
+        """`.to()`, `.half()`, `.bfloat16()`, ...: parameters of `FLOAT32_MODULES` (and their grads) never go
+        below float32; cast to a half type they become float32 (moved to the new device, values kept)."""
+        keep = {id(t) for n, p in self.named_parameters() if keeps_float32(n) for t in (p, p.grad) if t is not None}
+
+        def cast(t: Tensor) -> Tensor:
+            out = fn(t)
+            if id(t) in keep and isinstance(out, Tensor) and out.dtype in _HALF:
+                return t.to(device=out.device, dtype=torch.float32)
+            return out
+
+        return super()._apply(cast, recurse)
+
     def cross_kv(self, text: Tensor) -> CrossKV:
         """Text embeddings (B, T, text_dim) -> per-layer cross-attention keys/values, cached per prompt."""
         context = self.text_embedding(text.to(self.patch_embedding.weight.dtype))  # (B, T, D)
         kv = [blk.cross_attn.kv(context) for blk in self.blocks]  # type: ignore[union-attr,operator]
         mod = None
         if self.text_modulation is not None:
-            mod = self.text_modulation(text[:, 0].to(context.dtype)).float()  # (B, D), from the first token
+            mod = self.text_modulation(text[:, 0].to(param_dtype(self.text_modulation))).float()  # (B, D)
         return CrossKV(torch.stack([k for k, _ in kv]), torch.stack([v for _, v in kv]), mod)
 
     def forward(
@@ -260,10 +319,13 @@ class CausalWanDiT(nn.Module):
                 raise InputError("this model takes no structure input (its structure_channels is 0)")
             tokens = tokens + self.structure_embedding(structure.to(tokens.dtype))  # (B, D, F, h, w)
         tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, F, P, D)
-        e = self.time_embedding(sinusoidal(t, c.freq_dim).type_as(tokens)).float()  # (B, F, D)
+        if past is not None and past.k.dtype != tokens.dtype:
+            raise InputError(f"past keys/values are {past.k.dtype}, but the model computes in {tokens.dtype}")
+        e = self.time_embedding(sinusoidal(t, c.freq_dim).to(param_dtype(self.time_embedding))).float()  # (B, F, D)
         if cross.mod is not None:
             e = e + cross.mod
-        e6 = self.time_projection(e.type_as(tokens)).float().unflatten(-1, (6, c.dim))[:, :, None]
+        e6 = self.time_projection(e.to(param_dtype(self.time_projection))).float().unflatten(-1, (6, c.dim))
+        e6 = e6[:, :, None]  # (B, F, 1, 6, D)
         rope = rope_angles(frame_pos, grid, c.head_dim, c.rope_theta)
         keys, values = [], []
         for i, blk in enumerate(self.blocks):

@@ -49,14 +49,15 @@ class LatentRefiner(nn.Module):
     def forward(self, x: Tensor, out: Tensor, structure: Tensor | None, cond: Tensor) -> Tensor:
         """x, out: (B, C, F, H, W); structure: (B, Cs, F, H, W) or None (zeros); cond: (B, F, D) -> (B, C, F, H, W)."""
         B, C, Fr, H, W = out.shape
-        parts = [x.to(out.dtype), out]
+        dt = self.conv_in.weight.dtype  # computes in its own dtype (float32 in a half-precision DiT)
+        parts = [x.to(dt), out.to(dt)]
         if self.structure_channels:
             s = structure if structure is not None else out.new_zeros(B, self.structure_channels, Fr, H, W)
-            parts.append(s.to(out.dtype))
+            parts.append(s.to(dt))
         h = torch.cat(parts, dim=1).transpose(1, 2).flatten(0, 1)  # (B * F, 2C + Cs, H, W)
-        c = cond.flatten(0, 1).to(out.dtype)  # (B * F, D)
+        c = cond.flatten(0, 1).to(dt)  # (B * F, D)
         h = self.conv_in(h)
         for blk in self.blocks:
             h = blk(h, c)
         delta = self.conv_out(torch.nn.functional.silu(h))  # (B * F, C, H, W)
-        return out + delta.unflatten(0, (B, Fr)).transpose(1, 2)
+        return out + delta.unflatten(0, (B, Fr)).transpose(1, 2).to(out.dtype)

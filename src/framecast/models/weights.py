@@ -65,8 +65,11 @@ def read_weights(folder: str | Path, what: str) -> dict[str, Tensor]:
         raise ModelLoadError(f"{what} weights {path} are truncated or not safetensors: {err}") from None
 
 
-def load_into(module: nn.Module, state: dict[str, Tensor], path: Path, what: str) -> None:
-    """Load `state` strictly, with a clear error on missing/unexpected keys or the first shape mismatch."""
+def load_into(module: nn.Module, state: dict[str, Tensor], path: Path, what: str, assign: bool = False) -> None:
+    """Load `state` strictly, with a clear error on missing/unexpected keys or the first shape mismatch.
+
+    `assign`: the module's parameters become the tensors of `state` (their dtypes kept), as a module built on
+    the meta device needs."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     if missing:
@@ -80,4 +83,4 @@ def load_into(module: nn.Module, state: dict[str, Tensor], path: Path, what: str
         if state[name].shape != tensor.shape:
             got, want = tuple(state[name].shape), tuple(tensor.shape)
             raise ModelLoadError(f"{what} weights {path}: {name} has shape {got}, but {CONFIG_FILE} gives {want}")
-    module.load_state_dict(state)
+    module.load_state_dict(state, assign=assign)
