@@ -178,7 +178,7 @@ def _stream_round(stream: Stream, log: _Timeline, device: torch.device, budget: 
 
 def _warm_up(stream: Stream, log: _Timeline, device: torch.device) -> None:
     """Tick until the KV cache is full, so timed passes have steady-state shapes."""
-    for _ in range(stream.cfg.warm_chunks * stream.cfg.passes_per_chunk):
+    for _ in range(stream.family.schedule(stream.cfg).warm_passes):
         _tick(stream, log, device)
     log.latencies.clear()
     log.intervals.clear()
@@ -223,7 +223,7 @@ def _recording(model: nn.Module) -> Iterator[_Recorder]:
 
 def _record_round(pipe: Pipeline, stream: Stream, budget: float) -> list[Call]:
     """Engine passes (no decode) for about `budget` seconds, whole chunks' worth, with their inputs recorded."""
-    cycle = stream.cfg.passes_per_chunk  # one cycle of the schedule's pass kinds
+    cycle = stream.family.schedule(stream.cfg).passes_per_chunk  # one cycle of the schedule's pass kinds
     with _recording(pipe.family.network) as rec:
         t0 = time.perf_counter()
         while (
@@ -295,7 +295,7 @@ class _Schedule:
 
     @property
     def passes_per_chunk(self) -> int:
-        return self.cfg.passes_per_chunk
+        return self.stream.family.schedule(self.cfg).passes_per_chunk
 
 
 def _make_schedule(pipe: Pipeline, name: str, seed: int, steps: int | None) -> _Schedule:

@@ -28,7 +28,7 @@ import torch
 from framecast.engine.driver import Driver
 from framecast.engine.live import Stream
 from framecast.errors import InputError, ModelLoadError
-from framecast.family.causal import CausalFamily, check_prompt
+from framecast.family.causal import CausalFamily
 from framecast.family.contract import ModelFamily
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, load_autoencoder, save_autoencoder
 from framecast.models.checkpoint import load_dit, save_dit
@@ -163,6 +163,8 @@ class Pipeline:
         return cls(dit, ae, text_encoder or CachedTextEncoder(load_text_encoder("minilm")), PipelineConfig(), device)
 
     def save(self, folder: str | Path) -> Path:
+        if not isinstance(self.family, CausalFamily):
+            raise InputError(f"saving a model folder is for the causal DiT family, not {type(self.family).__name__}")
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         save_dit(self.dit, out / "dit")
@@ -194,7 +196,7 @@ class Pipeline:
         """A new endless stream under `config` (default: the model's), with `fields` (StreamConfig fields:
         steps, batch_steps, ...) replaced."""
         cfg = self.stream_config(**fields) if config is None else with_fields(config, "stream", **fields)
-        return Stream(self.driver, cfg, check_prompt(prompt), seed)
+        return Stream(self.driver, cfg, prompt, seed)
 
     def video_stream(
         self,

@@ -15,7 +15,7 @@ import numpy as np
 
 from framecast.family.contract import Condition, ModelFamily, State
 from framecast.stream.config import StreamConfig
-from framecast.stream.prompt import PromptState
+from framecast.stream.prompt import PromptState, check_prompt
 from framecast.v2v.feed import Action, FeedStats, InputFeed
 
 
@@ -56,7 +56,7 @@ class Stream:
         self.driver, self.family = driver, driver.family
         self.cfg, self.feed, self.input_end = cfg, feed, input_end
         self.state: State = self.family.new_state(cfg, seed)
-        self.prompt = PromptState(prompt, self.family.conditioner.embed(prompt))
+        self.prompt = PromptState(prompt, self.family.conditioner.embed(check_prompt(prompt)))
         self.frames_emitted = 0
         self.last_stats: FeedStats | None = None  # the input's figures after it was detached
 
@@ -65,7 +65,7 @@ class Stream:
         the chunks in flight that have run fewer than `StreamConfig.switch_passes` passes take it too."""
         blend = self.cfg.blend_chunks if blend_chunks is None else blend_chunks
         cond = self.family.conditioner
-        self.prompt.switch(text, cond.embed(text), blend)
+        self.prompt.switch(text, cond.embed(check_prompt(text)), blend)
         if not blend:
             self.family.recondition(self.state, cond(text))
 

@@ -9,12 +9,14 @@ is one autoencoder call over the chunks every stream finished, each with the lat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from framecast.errors import InputError, ModelLoadError
+from framecast.errors import ModelLoadError
+from framecast.family.contract import Schedule
 from framecast.family.denoiser import Denoiser
 from framecast.io.frames import frames_to_uint8, uint8_to_frames
 from framecast.models.autoencoder import TinyAutoencoder
@@ -22,7 +24,7 @@ from framecast.models.dit import CausalWanDiT
 from framecast.models.text import TextEncoder
 from framecast.stream import scheduler
 from framecast.stream.config import StreamConfig
-from framecast.stream.prompt import Conditioner
+from framecast.stream.prompt import Conditioner, check_prompt
 from framecast.stream.state import ChunkInput, Condition, StreamState
 
 
@@ -39,7 +41,7 @@ class CausalFamily:
         self.text_encoder = text_encoder
         self.denoiser = Denoiser(self.dit)
         self.network: nn.Module = self.dit
-        self.conditioner = Conditioner(self._embed, self._cross)
+        self.conditioner: Conditioner[Any] = Conditioner(self._embed, self._cross)
         self._null: Condition | None = None
         _check_compatible(self.dit, self.autoencoder, self.text_encoder)
 
@@ -54,6 +56,11 @@ class CausalFamily:
         return self.dit.config.chunk_frames * self.autoencoder.temporal_factor
 
     # -- per-stream state -----------------------------------------------------------------------------
+    def schedule(self, cfg: StreamConfig) -> Schedule:
+        """The causal schedule: a clean pass per chunk when `cfg.clean_pass`, a row of chunks in flight in the
+        stream batch (`StreamConfig`'s schedule properties)."""
+        return Schedule(cfg.passes_per_chunk, cfg.chunk_units, cfg.emit_delay, cfg.warm_chunks * cfg.passes_per_chunk)
+
     def new_state(self, cfg: StreamConfig, seed: int) -> StreamState:
         null = self.null_condition() if cfg.guided else None
         return StreamState.create(self.dit.config, cfg, seed, self.dtype, self.device, null)
@@ -113,12 +120,6 @@ class CausalFamily:
     @torch.inference_mode()
     def _cross(self, embedding: Tensor) -> Condition:
         return Condition.from_cross(self.dit.cross_kv(embedding[None]))  # from (L, 1, T, h, hd)
-
-
-def check_prompt(text: str) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise InputError("prompt must be a non-empty string")
-    return text
 
 
 def _check_compatible(dit: CausalWanDiT, ae: TinyAutoencoder, enc: TextEncoder) -> None:

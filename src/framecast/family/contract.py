@@ -3,6 +3,7 @@
 A family is one kind of model behind one set of calls. It says
 
 * what a chunk is: `frames_per_chunk` output frames of `frame_size`, and as many input frames (video to video);
+* what a schedule costs: `schedule(cfg)`, the passes per chunk, the work of a pass, the emit delay, the warm-up;
 * how conditioning is encoded: `conditioner` turns a prompt into the family's condition (cached per prompt),
   `conditioner.embed` gives the embedding that prompt blends interpolate;
 * what per-stream state it keeps: `new_state(cfg, seed)`, an object the driver never looks inside;
@@ -21,6 +22,7 @@ the server, the CLI and the benchmarks see only this contract (docs/architecture
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -35,11 +37,21 @@ State = Any  # a family's per-stream state: opaque to the driver
 Condition = Any  # a family's encoded prompt: opaque to the driver
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """What the front ends need to know of a stream's schedule under a family, in steady state."""
+
+    passes_per_chunk: int  # denoiser passes per emitted chunk (one cycle of the schedule's kinds of pass)
+    chunk_units: int  # work of one steady pass in chunk-rows: the server's cost-model unit
+    emit_delay: int  # passes between the pass that admits a chunk and the pass that emits it
+    warm_passes: int  # passes until the stream runs at its steady-state shapes (a full cache, a full row)
+
+
 @runtime_checkable
 class ModelFamily(Protocol):
     device: torch.device
     dtype: torch.dtype
-    conditioner: Conditioner
+    conditioner: Conditioner[Any]
     network: nn.Module  # the denoiser network `denoise` calls once (benchmarks hook its forward)
 
     @property
@@ -50,6 +62,10 @@ class ModelFamily(Protocol):
     @property
     def frames_per_chunk(self) -> int:
         """Frames a finished chunk decodes to; input frames a video-to-video chunk takes."""
+        ...
+
+    def schedule(self, cfg: StreamConfig) -> Schedule:
+        """The steady-state schedule facts of a stream under `cfg` (benchmarks, admission, lag bounds)."""
         ...
 
     def new_state(self, cfg: StreamConfig, seed: int) -> State:

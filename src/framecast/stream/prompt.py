@@ -9,22 +9,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from torch import Tensor
 
+from framecast.errors import InputError
 from framecast.stream.memo import BoundedCache
-from framecast.stream.state import Condition
+
+C = TypeVar("C")  # a model family's condition (the causal DiT's: `stream.state.Condition`)
 
 
-class Conditioner:
+def check_prompt(text: object) -> str:
+    """A prompt must be a non-empty string (every front end and every family checks it here)."""
+    if not isinstance(text, str) or not text.strip():
+        raise InputError("prompt must be a non-empty string")
+    return text
+
+
+class Conditioner(Generic[C]):
     """Text -> condition of one model: embeddings and their conditions cached per prompt (least recently used
     first out), so a prompt a viewer comes back to costs nothing."""
 
-    def __init__(self, embed: Callable[[str], Tensor], cross: Callable[[Tensor], Condition], size: int = 64) -> None:
+    def __init__(self, embed: Callable[[str], Tensor], cross: Callable[[Tensor], C], size: int = 64) -> None:
         self.embed, self.cross = embed, cross
-        self._cache: BoundedCache[str, Condition] = BoundedCache(size)
+        self._cache: BoundedCache[str, C] = BoundedCache(size)
 
-    def __call__(self, text: str) -> Condition:
+    def __call__(self, text: str) -> C:
         return self._cache.touch(text, lambda: self.cross(self.embed(text)))
 
 
@@ -49,7 +59,7 @@ class PromptState:
         w = (self.blend_done + 1) / (self.blend_total + 1)
         return self.blend_from.lerp(self.embedding, w)
 
-    def next_condition(self, cached: Callable[[str], Condition], compute: Callable[[Tensor], Condition]) -> Condition:
+    def next_condition(self, cached: Callable[[str], Any], compute: Callable[[Tensor], Any]) -> Any:
         """Condition of the next chunk: the prompt's cached one, or a blend computed on the fly."""
         if self.blend_from is None or self.blend_done >= self.blend_total:
             self.blend_from = None
