@@ -287,3 +287,41 @@ def test_settings_are_typed_and_checked_once(tmp_path: Path) -> None:
     saved = pipe.save(tmp_path / "m")
     loaded = Pipeline.load(str(saved), text_encoder=RandomTextEncoder(pipe.dit.config.text_dim))
     assert loaded.config == pipe.config  # typed settings round-trip through the folder
+
+
+def test_a_causal_checkpoint_over_a_model_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`Pipeline.load(FOLDER, checkpoint=FILE)` (`--checkpoint`): a Self-Forcing-style file (`generator_ema`,
+    `model.` prefixes) over the folder's DiT gives what a folder saved with those weights gives."""
+    pipe = _pipe()
+    base = pipe.save(tmp_path / "base")
+    enc = RandomTextEncoder(pipe.dit.config.text_dim)
+    gen = torch.Generator().manual_seed(9)
+    tuned = {k: v + 0.05 * torch.randn(v.shape, generator=gen) for k, v in pipe.dit.state_dict().items()}
+    torch.save({"generator_ema": {f"model.{k}": v for k, v in tuned.items()}, "step": 7}, tmp_path / "ckpt.pt")
+    over = Pipeline.load(str(base), text_encoder=enc, checkpoint=tmp_path / "ckpt.pt")
+    pipe.dit.load_state_dict(tuned)
+    saved = Pipeline.load(str(pipe.save(tmp_path / "tuned")), text_encoder=enc)
+    plain = Pipeline.load(str(base), text_encoder=enc)
+    frames = over.generate("blue", 8, seed=1)
+    np.testing.assert_array_equal(frames, saved.generate("blue", 8, seed=1))
+    assert not np.array_equal(frames, plain.generate("blue", 8, seed=1))
+    _fails(["generate", "x", "-o", str(tmp_path / "o.mp4"), "--model", str(base), "--checkpoint",
+            str(tmp_path / "none.pt")], capsys, "checkpoint not found")  # fmt: skip
+
+
+def test_reduced_precision_streams_close_to_float32() -> None:
+    """`dtype="bfloat16"` (`--dtype`): the DiT and the caches in bfloat16 (its norms, modulation and head in
+    float32) stream on the CPU within a few uint8 levels of float32."""
+    torch.manual_seed(0)
+    cfg = tiny_config(latent_height=4, latent_width=4, chunk_frames=1)
+    dit, ae = CausalWanDiT(cfg), TinyAutoencoder(AutoencoderConfig(latent_channels=cfg.in_channels, width=8))
+    full = Pipeline(dit, ae, RandomTextEncoder(cfg.text_dim))
+    reference = full.generate("red", 12, seed=2, steps=2)
+    half = Pipeline(CausalWanDiT(cfg), ae, RandomTextEncoder(cfg.text_dim), dtype="bfloat16")
+    half.dit.load_state_dict(dit.state_dict())
+    assert half.dtype == torch.bfloat16 and half.dit.blocks[0].self_attn.q.weight.dtype == torch.bfloat16
+    assert half.dit.blocks[0].modulation.dtype == torch.float32
+    diff = np.abs(half.generate("red", 12, seed=2, steps=2).astype(int) - reference)
+    assert diff.mean() < 2.0, diff.mean()
+    with pytest.raises(InputError, match="unknown dtype"):
+        Pipeline(dit, ae, RandomTextEncoder(cfg.text_dim), dtype="int8")

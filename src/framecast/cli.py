@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from framecast.engine.live import Stream
+    from framecast.pipeline import Pipeline
     from framecast.stream.config import StreamConfig
     from framecast.v2v import MotionConfig, V2VConfig, VideoFileSource
 
@@ -36,6 +37,20 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="built-in model name or a local model folder (default: tiny)")
     p.add_argument("--random-weights", action="store_true", help="use the named preset with untrained random weights")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    p.add_argument("--checkpoint", default=None, metavar="FILE",
+                   help="a causal checkpoint file over the model folder's DiT (generator_ema/generator/state_dict/"
+                        "model/bare weights, .pt or .safetensors; a LoRA in it is merged)")
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="the DiT's and the caches' dtype (default: bfloat16 on CUDA, float32 on CPU)")
+
+
+def _load(a: argparse.Namespace) -> Pipeline:
+    """The model the command line names (--model, --random-weights, --device, --checkpoint, --dtype)."""
+    from framecast.pipeline import Pipeline
+
+    return Pipeline.load(
+        _model(a), device=a.device, random_weights=a.random_weights, checkpoint=a.checkpoint, dtype=a.dtype
+    )
 
 
 def _model(a: argparse.Namespace) -> str:
@@ -179,7 +194,6 @@ def _train_args(t: argparse.ArgumentParser) -> None:
 
 def _generate(a: argparse.Namespace) -> None:
     from framecast.io.video import check_output_path
-    from framecast.pipeline import Pipeline
 
     check_output_path(Path(a.output))  # before the model loads: a bad path costs nothing
     if a.seconds is not None and not a.seconds > 0:
@@ -189,7 +203,7 @@ def _generate(a: argparse.Namespace) -> None:
     changes = [_prompt_at(x) for x in a.prompt_at]
     _v2v_config(a)  # checked before the model loads
     source = _open_input(a) if a.input is not None else None  # a bad input file costs nothing either
-    pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
+    pipe = _load(a)
     v2v = _v2v_config(a, pipe.motion_config())
     cfg = pipe.stream_config(batch_steps=not a.sequential, **_sampling_overrides(a))  # checked before any file opens
     if source is None:
@@ -255,7 +269,7 @@ def _bench(a: argparse.Namespace) -> None:
     if a.json is not None and not a.json.parent.resolve().is_dir():
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
     result = run_bench(
-        model=_model(a), random_weights=a.random_weights, device=a.device, seconds=a.seconds, steps=a.steps
+        model=_model(a), random_weights=a.random_weights, seconds=a.seconds, steps=a.steps, pipeline=_load(a)
     )
     print(format_table(result))
     if a.json is not None:
@@ -297,13 +311,12 @@ def _eval(a: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from framecast.evaluation.suite import EvalSettings, format_table, run_eval
-    from framecast.pipeline import Pipeline
 
     if a.json is not None and not a.json.parent.resolve().is_dir():
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
     if a.seeds < 1 or a.switch_seeds < 1 or not a.drift_seconds >= 20:
         raise InputError("--seeds and --switch-seeds must be positive and --drift-seconds at least 20")
-    pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
+    pipe = _load(a)
     settings = EvalSettings(
         seeds=a.seeds, drift_seconds=a.drift_seconds, switch_seeds=a.switch_seeds, stream=_sampling_overrides(a)
     )
@@ -336,7 +349,6 @@ def _eval_v2v_args(e: argparse.ArgumentParser) -> None:
 
 def _eval_v2v(a: argparse.Namespace) -> None:
     from framecast.evaluation.v2v import V2VEvalSettings, format_table, run_v2v_eval
-    from framecast.pipeline import Pipeline
 
     if a.json is not None and not a.json.parent.resolve().is_dir():
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
@@ -346,7 +358,7 @@ def _eval_v2v(a: argparse.Namespace) -> None:
         a.clips, a.seconds, a.strength, a.steps, a.skip_similar, a.live_seconds, a.seed, _sampling_overrides(a)
     )
     settings.v2v()  # validate the strength before the model loads
-    pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
+    pipe = _load(a)
     pipe.stream_config(**settings.overrides())
     settings.motion = pipe.motion_config()
     result = run_v2v_eval(pipe, settings, lambda m: print(f"eval-v2v: {m}", file=sys.stderr))
@@ -366,13 +378,12 @@ def _serve_args(s: argparse.ArgumentParser) -> None:
 
 
 def _serve(a: argparse.Namespace) -> None:
-    from framecast.pipeline import Pipeline
     from framecast.server import ServerSettings
     from framecast.server.run import serve
 
     settings = ServerSettings(host=a.host, port=a.port, max_sessions=a.max_sessions, fps=a.fps, max_fps=a.max_fps,
                               admission=not a.no_admission)
-    pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
+    pipe = _load(a)
     print(f"framecast: serving on http://{a.host}:{a.port} (Ctrl-C to stop)", file=sys.stderr)
     serve(pipe, settings)
 
@@ -389,7 +400,6 @@ def _bench_serve_args(b: argparse.ArgumentParser) -> None:
 
 
 def _bench_serve(a: argparse.Namespace) -> None:
-    from framecast.pipeline import Pipeline
     from framecast.server import ServerSettings  # noqa: F401  (checks the server extra first)
     from framecast.server.bench import format_table, run_serve_bench
 
@@ -397,7 +407,7 @@ def _bench_serve(a: argparse.Namespace) -> None:
         raise InputError("--sessions must be in 1..64 and --seconds in 1..600")
     if a.json is not None and not a.json.parent.resolve().is_dir():
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
-    pipe = Pipeline.load(_model(a), device=a.device, random_weights=a.random_weights)
+    pipe = _load(a)
     pipe.stream_config(**({"steps": a.steps} if a.steps is not None else {}))  # validate
     modes = ("paced", "max") if a.mode == "both" else (a.mode,)
     result = run_serve_bench(pipe, a.sessions, a.seconds, a.fps, a.steps, modes, _model(a), a.random_weights)

@@ -35,6 +35,7 @@ from framecast.models.checkpoint import load_dit, save_dit
 from framecast.models.config import preset
 from framecast.models.dit import CausalWanDiT
 from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_encoder
+from framecast.models.wan_weights import load_wan_dit, locate
 from framecast.models.weights import read_json
 from framecast.stream.config import StreamConfig
 from framecast.v2v.controller import MotionConfig
@@ -109,8 +110,9 @@ class Pipeline:
         text_encoder: TextEncoder,
         config: PipelineConfig | None = None,
         device: str | torch.device = "cpu",
+        dtype: str | torch.dtype | None = None,
     ) -> None:
-        family = CausalFamily(dit, autoencoder, text_encoder, torch.device(device))
+        family = CausalFamily(dit, autoencoder, text_encoder, torch.device(device), parse_dtype(dtype))
         self._attach(family, config)
         self.dit, self.autoencoder, self.text_encoder = family.dit, family.autoencoder, text_encoder
 
@@ -137,30 +139,44 @@ class Pipeline:
         device: str = "cpu",
         random_weights: bool = False,
         text_encoder: TextEncoder | None = None,
+        checkpoint: str | Path | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> Pipeline:
-        """A built-in model by name, or a local model folder. `random_weights` builds the named preset untrained."""
+        """A built-in model by name, or a local model folder. `random_weights` builds the named preset untrained.
+
+        `checkpoint`: a causal checkpoint file applied over the folder's DiT (`models.wan_weights`: a torch file
+        with `generator_ema`, `generator`, `state_dict`, `model` or bare weights, `model.` prefixes, a
+        `generator_lora` merged at load; or a `.safetensors` file). `dtype`: float32, bfloat16 or float16.
+        """
         model = ALIASES.get(model, model)
         if random_weights:
-            return cls.random(model, device=device, text_encoder=text_encoder)
+            if checkpoint is not None:
+                raise InputError("a checkpoint goes over a model folder's weights, not over --random-weights")
+            return cls.random(model, device=device, text_encoder=text_encoder, dtype=dtype)
         folder = _resolve(model)
         if not (folder / PIPELINE_FILE).is_file():
-            raise ModelLoadError(
-                f"{folder / PIPELINE_FILE} not found (a model folder holds {PIPELINE_FILE}, dit/, autoencoder/)"
-            )
+            raise ModelLoadError(_not_a_model_folder(folder))
         cfg = PipelineConfig.from_dict(read_json(folder / PIPELINE_FILE, "pipeline config"))
-        dit, ae = load_dit(folder / "dit"), load_autoencoder(folder / cfg.autoencoder)
+        dit = load_dit(folder / "dit") if checkpoint is None else load_wan_dit(folder / "dit", checkpoint)
+        ae = load_autoencoder(folder / cfg.autoencoder)
         enc = text_encoder or CachedTextEncoder(load_text_encoder(cfg.text_encoder))
-        return cls(dit, ae, enc, cfg, device)
+        return cls(dit, ae, enc, cfg, device, dtype)
 
     @classmethod
     def random(
-        cls, name: str = "tiny", device: str = "cpu", seed: int = 0, text_encoder: TextEncoder | None = None
+        cls,
+        name: str = "tiny",
+        device: str = "cpu",
+        seed: int = 0,
+        text_encoder: TextEncoder | None = None,
+        dtype: str | torch.dtype | None = None,
     ) -> Pipeline:
         """The `name` preset with random weights (for speed tests and before trained weights exist)."""
         torch.manual_seed(seed)
         dit = CausalWanDiT(preset(name))
         ae = TinyAutoencoder(AutoencoderConfig(latent_channels=dit.config.in_channels))
-        return cls(dit, ae, text_encoder or CachedTextEncoder(load_text_encoder("minilm")), PipelineConfig(), device)
+        enc = text_encoder or CachedTextEncoder(load_text_encoder("minilm"))
+        return cls(dit, ae, enc, PipelineConfig(), device, dtype)
 
     def save(self, folder: str | Path) -> Path:
         if not isinstance(self.family, CausalFamily):
@@ -269,6 +285,33 @@ class Pipeline:
     ) -> np.ndarray:
         """Collect `num_frames` frames: (T, H, W, 3) uint8."""
         return np.stack(list(self.frames(prompt, num_frames, seed, prompt_at, config, **fields)))
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """A dtype by name (float32, bfloat16, float16), a torch.dtype, or None (the device's default)."""
+    if dtype is None or isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise InputError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+
+
+def _not_a_model_folder(folder: Path) -> str:
+    """What a folder without framecast.json is, said plainly (a Wan2.1 folder is recognised)."""
+    try:
+        _, layout = locate(folder)
+    except ModelLoadError:
+        layout = ""
+    if layout in ("wan", "diffusers"):
+        return (
+            f"{folder} is a Wan2.1 folder ({layout} layout): its DiT loads (framecast.models.wan_weights), but its "
+            f"VAE and UMT5 text encoder do not run in framecast yet; a model folder holds {PIPELINE_FILE}, dit/, "
+            "autoencoder/ (pass a Wan checkpoint over one with --checkpoint)"
+        )
+    return f"{folder / PIPELINE_FILE} not found (a model folder holds {PIPELINE_FILE}, dit/, autoencoder/)"
+
 
 def _resolve(model: str) -> Path:
     if model in BUILTIN:

@@ -32,10 +32,17 @@ class CausalFamily:
     """One causal DiT, its autoencoder and text encoder, serving any number of streams (`ModelFamily`)."""
 
     def __init__(
-        self, dit: CausalWanDiT, autoencoder: TinyAutoencoder, text_encoder: TextEncoder, device: torch.device
+        self,
+        dit: CausalWanDiT,
+        autoencoder: TinyAutoencoder,
+        text_encoder: TextEncoder,
+        device: torch.device,
+        dtype: torch.dtype | None = None,
     ) -> None:
+        """`dtype`: the DiT's and the KV caches' (its norms, modulation and head stay float32); default bfloat16
+        on CUDA, float32 elsewhere."""
         self.device = device
-        self.dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        self.dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.dit = dit.to(device, self.dtype).eval()
         self.autoencoder = autoencoder.to(device).eval()
         self.text_encoder = text_encoder
