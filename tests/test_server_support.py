@@ -28,8 +28,9 @@ from framecast.server.run import ServerThread  # noqa: E402
 FAST = dict(port=0, max_fps=1000.0, admission=False, calibrate_passes=1, queue_chunks=64, stats_interval_s=0.2)
 
 
-def tiny_pipeline(seed: int = 0) -> Pipeline:
-    """32x32 frames, 4 frames a chunk, a random DiT, decoder and text encoder: fast on any CPU."""
+def tiny_pipeline(seed: int = 0, text_encoder: Callable[[int], Any] | None = None) -> Pipeline:
+    """32x32 frames, 4 frames a chunk, a random DiT, decoder and text encoder (`text_encoder(text_dim)` makes
+    another one): fast on any CPU."""
     dit = tiny_model(seed, latent_height=4, latent_width=4, chunk_frames=1)
     torch.manual_seed(seed)
     ae = TinyAutoencoder(AutoencoderConfig(latent_channels=dit.config.in_channels, width=8, decoder_context=1))
@@ -37,7 +38,7 @@ def tiny_pipeline(seed: int = 0) -> Pipeline:
     with torch.no_grad():  # a default-init decoder maps every latent to nearly the same grey: add contrast
         for p in ae.decoder.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return Pipeline(dit, ae, RandomTextEncoder(dit.config.text_dim))
+    return Pipeline(dit, ae, (text_encoder or RandomTextEncoder)(dit.config.text_dim))
 
 
 @contextmanager

@@ -40,6 +40,8 @@ def test_good_messages_parse() -> None:
         ('{"type": "start", "prompt": "a", "seed": "7"}', "invalid", "seed"),
         ('{"type": "start", "prompt": "a", "seed": true}', "invalid", "seed"),
         ('{"type": "start", "prompt": "a", "fps": 1e12}', "invalid", "fps"),
+        ('{"type": "start", "prompt": "a", "fps": 1e-300}', "invalid", "fps"),  # below the minimum of 1
+        ("[" * 4000, "bad_json", "nested too deeply"),
         ('{"type": "start", "prompt": ""}', "invalid", "prompt"),
         ('{"type": "start", "prompt": "a", "format": "gif"}', "invalid", "format"),
         ('{"type": "prompt", "text": 5}', "invalid", "text"),

@@ -17,13 +17,13 @@ from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import ClientDisconnect
 
 from framecast.pipeline import Pipeline
 from framecast.server.logs import log_event
 from framecast.server.manager import RefusedError, SessionManager, log
 from framecast.server.protocol import error_json
-from framecast.server.rtc import RtcHub
+from framecast.server.rtc import MAX_OFFER_BYTES, OfferError, RtcHub, parse_offer
 from framecast.server.settings import ServerSettings
 from framecast.server.upload import receive_upload
 from framecast.server.ws import serve_websocket
@@ -31,10 +31,21 @@ from framecast.server.ws import serve_websocket
 STATIC = Path(__file__).parent / "static"
 
 
-class Offer(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-    sdp: str = Field(min_length=1, max_length=65536)
-    type: str = Field(pattern="^offer$")
+class _BodyTooLargeError(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, or `_BodyTooLargeError` as soon as it passes `limit` bytes (never held whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _BodyTooLargeError
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _BodyTooLargeError
+    return bytes(body)
 
 
 def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> FastAPI:
@@ -78,6 +89,7 @@ def _routes(app: FastAPI, manager: SessionManager, rtc: RtcHub) -> None:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        manager.refresh_gauges()
         return Response(manager.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.websocket("/ws")
@@ -89,7 +101,15 @@ def _routes(app: FastAPI, manager: SessionManager, rtc: RtcHub) -> None:
         return await receive_upload(request, manager, token)
 
     @app.post("/rtc/offer")
-    async def offer(body: Offer) -> Any:
+    async def offer(request: Request) -> Any:
+        try:
+            body = parse_offer(await _read_body(request, MAX_OFFER_BYTES))
+        except _BodyTooLargeError:
+            return JSONResponse(error_json("too_large", f"an offer is limited to {MAX_OFFER_BYTES} bytes"), 413)
+        except OfferError as e:
+            return JSONResponse(error_json(e.code, e.message), status_code=400)
+        except ClientDisconnect:
+            return Response(status_code=400)
         try:
             return await rtc.answer(body.sdp)
         except RefusedError as e:

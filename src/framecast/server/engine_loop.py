@@ -1,6 +1,8 @@
 """The engine loop: one thread runs every session's torch work, batching sessions into shared passes.
 
-Each iteration applies the sessions' pending commands (start, prompt, stop, close), picks the sessions
+Each iteration applies the sessions' pending commands (start, prompt, stop, close; `session.coalesce`: a
+session's last start/stop/close and its last prompt after it, so a prompt flood costs one text encoding per
+session per iteration), picks the sessions
 that are due (`pacing.pick_due`, earliest deadline first) and runs ONE driver step over all of them
 (`engine.driver`: inputs, one batched pass, one batched decode; each stream its own row: its own prompt,
 steps, seed and warm-up phase), then hands each session's frames to its bounded outbox with their play
@@ -28,12 +30,12 @@ from framecast.engine.live import Emitted, Stream
 from framecast.errors import InputError
 from framecast.pipeline import Pipeline
 from framecast.server.capacity import CostModel
-from framecast.server.logs import log_event
+from framecast.server.logs import log_event, session_event
 from framecast.server.metrics import Metrics
 from framecast.server.outbox import Frame
 from framecast.server.pacing import PlaybackClock, next_ready, pick_due
 from framecast.server.protocol import error_json
-from framecast.server.session import Close, Command, Session, SessionStats, SetPrompt, Start, Stop
+from framecast.server.session import Close, Command, Session, SessionStats, SetPrompt, Start, Stop, coalesce
 from framecast.server.settings import ServerSettings
 from framecast.v2v import Action, FrameSource, LiveSource, V2VConfig, VideoFileSource
 
@@ -90,6 +92,7 @@ class EngineLoop:
             self._thread.join(timeout)
         self._live.clear()
         self._sessions.clear()
+        self.metrics.kv_cache_bytes.set(0)
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
             self._threads_before = None
@@ -112,7 +115,7 @@ class EngineLoop:
         return len(self._sessions)
 
     def state_bytes(self) -> int:
-        """Bytes of the KV caches of all live streams."""
+        """Bytes of the per-stream state of all live streams on the device (the KV caches, for the causal family)."""
         fam = self.pipeline.family
         return sum(fam.memory_bytes(lv.stream.state) for lv in list(self._live.values()))
 
@@ -145,9 +148,16 @@ class EngineLoop:
         while self._inbox:
             s = self._inbox.popleft()
             self._sessions[s.id] = s
+        applied = False
         for s in list(self._sessions.values()):
-            while s.commands:
-                self._apply(s, s.commands.popleft())
+            pending: list[Command] = []
+            while s.commands:  # the event loop may append meanwhile: take what is there now
+                pending.append(s.commands.popleft())
+            for cmd in coalesce(pending):
+                self._apply(s, cmd)
+                applied = True
+        if applied:
+            self.metrics.kv_cache_bytes.set(self.state_bytes())
 
     def _apply(self, s: Session, cmd: Command) -> None:
         try:
@@ -161,10 +171,10 @@ class EngineLoop:
                 self._live.pop(s.id, None)
                 self._sessions.pop(s.id, None)
         except InputError as e:  # e.g. an uploaded file that cannot be read: this session only
-            log_event(log, "command_failed", logging.WARNING, session=s.id, error=repr(e))
+            session_event(log, s.log, "command_failed", logging.WARNING, session=s.id, error=repr(e))
             self._end(s, "bad_input", str(e))
         except Exception as e:  # e.g. a prompt the text encoder refuses: this session only
-            log_event(log, "command_failed", logging.WARNING, session=s.id, error=repr(e))
+            session_event(log, s.log, "command_failed", logging.WARNING, session=s.id, error=repr(e))
             self._end(s, "engine", f"could not apply {type(cmd).__name__.lower()}: {e}")
 
     def _start(self, s: Session, cmd: Start) -> None:
@@ -220,7 +230,7 @@ class EngineLoop:
             reason = "the video ended"
         message = f"{lv.source}: {reason}; the stream goes on from the prompt alone"
         lv.session.outbox.put_message({"type": "input_ended", "source": lv.source, "message": message})
-        log_event(log, "input_ended", session=lv.session.id, source=lv.source, reason=reason)
+        session_event(log, lv.session.log, "input_ended", session=lv.session.id, source=lv.source, reason=reason)
 
     def _input_stats(self, lv: Live) -> None:
         st = lv.stream.input_stats
@@ -261,7 +271,7 @@ class EngineLoop:
             self.passes += 1
             self.max_rows = max(self.max_rows, ran)
             self.metrics.pass_done(ran, t1 - t0, time.perf_counter() - t1)
-        self.metrics.queue_depth.set(sum(lv.session.outbox.frames_waiting() for lv in self._live.values()))
+        self.metrics.kv_cache_bytes.set(self.state_bytes())
         return {lv.session.id for lv, em in zip(lives, out, strict=True) if em.action is Action.WAIT}
 
     def _emit(self, lv: Live, em: Emitted, t0: float) -> None:

@@ -23,12 +23,13 @@ from framecast.sampling.flow import MAX_STEPS
 from framecast.server.capacity import CostModel, Demand
 from framecast.server.encode import decode_image
 from framecast.server.engine_loop import EngineLoop
-from framecast.server.logs import log_event
+from framecast.server.logs import LineLimit, log_event, session_event
 from framecast.server.metrics import Metrics
-from framecast.server.outbox import Outbox
+from framecast.server.outbox import MAX_MESSAGES, Outbox
 from framecast.server.protocol import ControlError, PromptMsg, StartMsg, StopMsg, error_json, parse_control
+from framecast.server.ratelimit import MessageLimit
 from framecast.server.session import Close, Session, SetPrompt, Start, Stop, StreamParams
-from framecast.server.settings import MAX_CONTROL_BYTES, MAX_PROMPT_CHARS, MAX_SEED, ServerSettings
+from framecast.server.settings import MAX_CONTROL_BYTES, MAX_PROMPT_CHARS, MAX_SEED, MIN_FPS, ServerSettings
 from framecast.v2v import LiveSource, fit_frame
 
 log = logging.getLogger("framecast.server")
@@ -74,9 +75,14 @@ class SessionManager:
         load = self._load_with(self._demand(self.default_fps, self.default_steps), None)
         if load > self.settings.max_utilization:
             self._refuse("capacity", self._capacity_message(load))
+        st = self.settings
         s = Session(
-            Outbox(asyncio.get_running_loop(), self.settings.queue_chunks * self.pipeline.frames_per_chunk), transport
+            Outbox(asyncio.get_running_loop(), st.queue_chunks * self.pipeline.frames_per_chunk),
+            transport,
+            MessageLimit(st.control_rate, st.control_burst),
+            LineLimit(st.log_lines, st.log_window_s),
         )
+        s.outbox.on_message_dropped = lambda count: self._message_dropped(s, count)
         self.sessions[s.id] = s
         self.engine.attach(s)
         self._gauges()
@@ -104,11 +110,34 @@ class SessionManager:
             dropped=s.outbox.dropped,
             misses=s.stats.misses,
             seconds=round(time.monotonic() - s.opened, 2),
+            rate_limited=s.limit.dropped,
+            messages_dropped=s.outbox.messages_dropped,
+            log_suppressed=s.log.suppressed,
         )
 
+    def _message_dropped(self, s: Session, count: int) -> None:
+        """A reply did not fit the session's message queue (any thread): counted; logged once a session."""
+        self.metrics.messages_dropped.inc()
+        if count == 1:
+            log_event(log, "messages_dropped", logging.WARNING, session=s.id, limit=MAX_MESSAGES)
+
     # -- control messages -------------------------------------------------------------------------
-    def handle(self, s: Session, raw: str | bytes) -> dict[str, Any]:
-        """Apply one control message; the reply (an ack or a clear error) goes back to this client only."""
+    def handle(self, s: Session, raw: str | bytes) -> dict[str, Any] | None:
+        """Apply one control message; the reply (an ack or a clear error) goes back to this client only.
+        None: the message was over the session's rate limit, and the client was told already."""
+        ok, tell = s.limit.take()
+        if not ok:
+            self.metrics.bad_messages.labels("rate_limited").inc()
+            if not tell:
+                return None
+            st = self.settings
+            e = ControlError(
+                "rate_limited",
+                f"too many control messages: at most {st.control_rate:g} a second and {st.control_burst} at once; "
+                "messages over the limit are dropped (this error comes once a burst)",
+            )
+            session_event(log, s.log, "control_refused", logging.WARNING, session=s.id, code=e.code)
+            return e.to_json()
         try:
             msg = parse_control(raw)
             if isinstance(msg, StartMsg):
@@ -118,7 +147,7 @@ class SessionManager:
             return self._stop(s, msg)
         except ControlError as e:
             self.metrics.bad_messages.labels(e.code).inc()
-            log_event(log, "control_refused", session=s.id, code=e.code, message=e.message)
+            session_event(log, s.log, "control_refused", session=s.id, code=e.code, message=e.message)
             return e.to_json()
 
     def _start(self, s: Session, msg: StartMsg) -> dict[str, Any]:
@@ -134,8 +163,9 @@ class SessionManager:
         s.params = StreamParams(msg.prompt, msg.seed, steps, fps, msg.format, msg.quality, msg.source, msg.strength)
         s.demand = demand
         self._post(s, Start(s.params))
-        self.metrics.utilization.set(self._load_with(None, None))
-        log_event(log, "stream_start", session=s.id, seed=msg.seed, steps=steps, fps=fps, load=round(load, 3))
+        session_event(
+            log, s.log, "stream_start", session=s.id, seed=msg.seed, steps=steps, fps=fps, load=round(load, 3)
+        )
         return {
             "type": "started",
             "prompt": msg.prompt,
@@ -193,17 +223,20 @@ class SessionManager:
             self._uploads = Path(tempfile.mkdtemp(prefix="framecast-uploads-"))
         return self._uploads / f"{s.id}.video"
 
+    def is_open(self, s: Session) -> bool:
+        return self.sessions.get(s.id) is s
+
     def _prompt(self, s: Session, msg: PromptMsg) -> dict[str, Any]:
         if s.params is None:
             raise ControlError("not_streaming", "no stream is running: send a start message first")
         self._post(s, SetPrompt(msg.text, msg.blend, time.monotonic()))
-        log_event(log, "prompt", session=s.id, chars=len(msg.text))
+        session_event(log, s.log, "prompt", session=s.id, chars=len(msg.text))
         return {"type": "prompt", "text": msg.text}
 
     def _stop(self, s: Session, msg: StopMsg) -> dict[str, Any]:
         s.params, s.demand = None, None
         self._post(s, Stop())
-        log_event(log, "stream_stop", session=s.id)
+        session_event(log, s.log, "stream_stop", session=s.id)
         return {"type": "stopped", "reason": "stop"}
 
     def _post(self, s: Session, cmd: Start | SetPrompt | Stop) -> None:
@@ -224,11 +257,14 @@ class SessionManager:
             "upload_token": s.upload_token,
             "max_upload_bytes": int(self.settings.max_upload_mb * 1e6),
             "limits": {
+                "min_fps": MIN_FPS,
                 "max_fps": self.settings.max_fps,
                 "max_steps": MAX_STEPS,
                 "max_seed": MAX_SEED,
                 "max_prompt_chars": MAX_PROMPT_CHARS,
                 "max_message_bytes": MAX_CONTROL_BYTES,
+                "messages_per_second": self.settings.control_rate,
+                "message_burst": self.settings.control_burst,
             },
         }
 
@@ -255,7 +291,7 @@ class SessionManager:
     # -- admission ----------------------------------------------------------------------------------
     def _demand(self, fps: float, steps: int) -> Demand:
         cfg = self.pipeline.stream_config(steps=steps, batch_steps=True)
-        return Demand(fps / self.pipeline.frames_per_chunk, cfg.chunk_units)
+        return Demand(fps / self.pipeline.frames_per_chunk, self.pipeline.family.schedule(cfg).chunk_units)
 
     def _load_with(self, new: Demand | None, replacing: Session | None) -> float:
         """Predicted engine load of the streaming sessions (minus `replacing`), plus `new`.
@@ -283,6 +319,13 @@ class SessionManager:
     def _gauges(self) -> None:
         self.metrics.sessions.labels("connected").set(len(self.sessions))
         self.metrics.sessions.labels("streaming").set(sum(s.streaming for s in self.sessions.values()))
+        demands = [s.demand for s in self.sessions.values() if s.demand is not None]
+        self.metrics.utilization.set(self.cost.load(demands))  # 0 with nobody streaming
+
+    def refresh_gauges(self) -> None:
+        """Gauges as of now (before a scrape): sessions, predicted load and the frames waiting in outboxes."""
+        self._gauges()
+        self.metrics.queue_depth.set(sum(s.outbox.frames_waiting() for s in self.sessions.values()))
 
 
 def _same(a: str, b: str) -> bool:

@@ -35,6 +35,12 @@ class Metrics:
         self.deadline_misses = Counter("framecast_deadline_misses", "Chunks finished after their deadline", registry=r)
         self.refused = Counter("framecast_sessions_refused", "Sessions or starts refused", ["reason"], registry=r)
         self.bad_messages = Counter("framecast_bad_messages", "Control messages refused", ["code"], registry=r)
+        self.messages_dropped = Counter(
+            "framecast_messages_dropped", "Replies dropped because a session's message queue was full", registry=r
+        )
+        self.kv_cache_bytes = Gauge(
+            "framecast_kv_cache_bytes", "Bytes of the KV caches of all live streams (engine thread)", registry=r
+        )
         self.utilization = Gauge(
             "framecast_predicted_utilization", "Predicted engine busy fraction of the streaming sessions", registry=r
         )

@@ -1,8 +1,10 @@
 """A session's outbox: frames and messages handed from the engine thread to the session's asyncio tasks.
 
 `put_frame(s)` and `put_message` never block and may be called from any thread. Frames are bounded: when a
-client is slow the oldest frame is dropped (and counted). Messages (acks, errors, stats) are never dropped
-below `MAX_MESSAGES`. One asyncio.Event wakes the waiters; each re-checks its own queue.
+client is slow the oldest frame is dropped (and counted). Messages (acks, errors, `input_ended`) are never
+dropped below `MAX_MESSAGES` waiting; over it a new message is dropped, counted (`messages_dropped`) and
+handed to `on_message_dropped` (the manager counts it in a metric and logs the first one of a session).
+One asyncio.Event wakes the waiters; each re-checks its own queue.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +44,8 @@ class Outbox:
         self._messages: deque[dict[str, Any]] = deque()
         self.max_frames = max_frames
         self.dropped = 0
+        self.messages_dropped = 0
+        self.on_message_dropped: Callable[[int], None] | None = None  # called with messages_dropped so far
         self.closed = False
 
     # -- producer side (any thread) -------------------------------------------------------------
@@ -59,11 +64,20 @@ class Outbox:
         self._wake()
         return dropped
 
-    def put_message(self, message: dict[str, Any]) -> None:
+    def put_message(self, message: dict[str, Any]) -> bool:
+        """Queue a message; False when `MAX_MESSAGES` are waiting already and it was dropped."""
         with self._lock:
-            if len(self._messages) < MAX_MESSAGES:
+            kept = len(self._messages) < MAX_MESSAGES
+            if kept:
                 self._messages.append(message)
-        self._wake()
+            else:
+                self.messages_dropped += 1
+            count = self.messages_dropped
+        if kept:
+            self._wake()
+        elif self.on_message_dropped is not None:
+            self.on_message_dropped(count)
+        return kept
 
     def close(self) -> None:
         self.closed = True

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from framecast.sampling.flow import MAX_STEPS
-from framecast.server.settings import ABSOLUTE_MAX_FPS, MAX_CONTROL_BYTES, MAX_PROMPT_CHARS, MAX_SEED
+from framecast.server.settings import ABSOLUTE_MAX_FPS, MAX_CONTROL_BYTES, MAX_PROMPT_CHARS, MAX_SEED, MIN_FPS
 
 FORMATS = ("jpeg", "png", "raw")
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -33,7 +33,7 @@ class StartMsg(BaseModel):
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS)
     seed: int = Field(0, ge=0, le=MAX_SEED)
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
-    fps: float | None = Field(None, gt=0, le=ABSOLUTE_MAX_FPS)
+    fps: float | None = Field(None, ge=MIN_FPS, le=ABSOLUTE_MAX_FPS)
     format: Literal["jpeg", "png", "raw"] = "jpeg"
     quality: int = Field(80, ge=10, le=95)
     source: Literal["none", "webcam", "file"] = "none"
@@ -83,12 +83,23 @@ def parse_control(raw: str | bytes, max_bytes: int = MAX_CONTROL_BYTES) -> Start
         data = json.loads(raw)
     except json.JSONDecodeError as e:
         raise ControlError("bad_json", f"not valid JSON: {e.msg} at character {e.pos}") from None
+    except RecursionError:  # e.g. 4000 bytes of "[": Python's parser recurses once per level
+        raise ControlError("bad_json", "not valid JSON for a control message: nested too deeply") from None
     if not isinstance(data, dict) or data.get("type") not in TYPES:
         raise ControlError("bad_message", 'a control message is a JSON object with "type": start, prompt or stop')
     try:
         return _ADAPTER.validate_python(data)
     except ValidationError as e:
-        raise ControlError("invalid", f"invalid {data['type']} message: {describe(e)}") from None
+        raise ControlError("invalid", f"invalid {data['type']} message: {_described(e)}") from None
+    except RecursionError:
+        raise ControlError("invalid", f"invalid {data['type']} message: a value is nested too deeply") from None
+
+
+def _described(e: ValidationError) -> str:
+    try:
+        return describe(e)
+    except RecursionError:  # the repr of a deeply nested value
+        return "a value is nested too deeply"
 
 
 def describe(e: ValidationError) -> str:

@@ -3,6 +3,9 @@ fed by the session's frames, control messages and replies go over a data channel
 WebSocket). No STUN or TURN: `iceServers` is empty. When the server listens on loopback, ICE uses loopback
 candidates only, on both sides (aioice skips 127.0.0.1 by default, so it is told to use it).
 
+`POST /rtc/offer` takes `{"sdp", "type": "offer"}` (`parse_offer`); a body that is not one gets the documented
+error JSON (`bad_json`, `bad_message`, `invalid`), never the input echoed back.
+
 A client that offers a sendrecv video transceiver with its webcam gets it read into the session's live
 input (video to video); when that track ends, the input ends with a message saying so.
 """
@@ -22,8 +25,9 @@ import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack, VideoStreamTrack
 from av import VideoFrame
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from framecast.server.logs import log_event
+from framecast.server.logs import log_event, session_event
 from framecast.server.manager import SessionManager
 from framecast.server.outbox import OutboxClosedError
 from framecast.server.ratemeter import RateMeter
@@ -33,6 +37,46 @@ from framecast.v2v import LiveSource
 log = logging.getLogger("framecast.server.rtc")
 CLOCK = 90_000  # RTP video clock
 TIME_BASE = fractions.Fraction(1, CLOCK)
+MAX_SDP_CHARS = 65536
+MAX_OFFER_BYTES = 2 * MAX_SDP_CHARS  # the JSON body of /rtc/offer: an SDP of at most MAX_SDP_CHARS, escaped
+
+
+class Offer(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    sdp: str = Field(min_length=1, max_length=MAX_SDP_CHARS)
+    type: str = Field(pattern="^offer$")
+
+
+class OfferError(ValueError):
+    """A `/rtc/offer` body that is not an offer: `code` and `message` of the documented error JSON."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def parse_offer(body: bytes) -> Offer:
+    """The offer of a `/rtc/offer` body, or `OfferError`."""
+    try:
+        return Offer.model_validate_json(body)
+    except ValidationError as e:
+        if any(err["type"] == "json_invalid" for err in e.errors()):
+            raise OfferError("bad_json", "the offer is not valid JSON (or is nested too deeply)") from None
+        if any(err["type"] == "model_type" for err in e.errors()):
+            raise OfferError("bad_message", 'an offer is a JSON object {"sdp": ..., "type": "offer"}') from None
+        raise OfferError("invalid", f"invalid offer: {_offer_problems(e)}") from None
+
+
+def _offer_problems(e: ValidationError) -> str:
+    """What is wrong with an offer, field by field, without echoing the SDP back."""
+    parts = []
+    for err in e.errors()[:3]:
+        loc = ".".join(str(x) for x in err["loc"]) or "offer"
+        if err["type"] in ("extra_forbidden", "missing"):
+            parts.append(f"{'unknown' if err['type'] == 'extra_forbidden' else 'missing'} field {loc!r}")
+        else:
+            parts.append(f"{loc}: {err['msg'].lower()}")
+    return "; ".join(parts)
 
 
 def _loopback_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
@@ -123,7 +167,9 @@ class RtcHub:
 
     def _bind(self, pc: RTCPeerConnection, s: Session, channel: Any, meter: RateMeter) -> None:
         def on_message(raw: str | bytes) -> None:
-            s.outbox.put_message(self.manager.handle(s, raw))
+            reply = self.manager.handle(s, raw)
+            if reply is not None:  # None: over the rate limit, the client was told already
+                s.outbox.put_message(reply)
 
         def on_close() -> None:  # the client closed the channel or its peer connection: end the session
             task.cancel()
@@ -164,7 +210,7 @@ class RtcHub:
                     self.manager.push_frame(s, frame.to_ndarray(format="rgb24"))
         except MediaStreamError:
             source.end("the webcam track ended (the camera was closed or disconnected)")
-            log_event(log, "webcam_ended", session=s.id)
+            session_event(log, s.log, "webcam_ended", session=s.id)
         finally:
             self.manager.engine.notify()
 

@@ -11,12 +11,14 @@ import itertools
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from framecast.server.capacity import Demand
+from framecast.server.logs import LineLimit
 from framecast.server.outbox import Outbox
+from framecast.server.ratelimit import MessageLimit
 from framecast.v2v import LiveSource
 
 _ids = itertools.count(1)  # session ids: unique and readable in logs; not state that anything depends on
@@ -61,6 +63,22 @@ class Close:
 Command = Start | SetPrompt | Stop | Close
 
 
+def coalesce(commands: list[Command]) -> list[Command]:
+    """What is left to do of a session's pending commands, in order: at most one start, stop or close (the
+    last one: it replaces or ends whatever came before it) and at most one prompt (the last one after it).
+
+    A prompt flood then costs the engine one text encoding per session per iteration, not one per message. A
+    start followed by prompts becomes one start with the last prompt (the new stream begins with it).
+    """
+    last = max((i for i, c in enumerate(commands) if not isinstance(c, SetPrompt)), default=-1)
+    head = commands[last] if last >= 0 else None
+    prompts = [c for c in commands[last + 1 :] if isinstance(c, SetPrompt)]
+    prompt = prompts[-1] if prompts else None
+    if isinstance(head, Start) and prompt is not None:
+        return [Start(replace(head.params, prompt=prompt.text))]
+    return [c for c in (head, prompt) if c is not None]
+
+
 @dataclass
 class SessionStats:
     """Counters of the current stream, written by the engine thread (reset at every start)."""
@@ -75,7 +93,9 @@ class SessionStats:
 
 
 class Session:
-    def __init__(self, outbox: Outbox, transport: str) -> None:
+    def __init__(
+        self, outbox: Outbox, transport: str, limit: MessageLimit | None = None, log: LineLimit | None = None
+    ) -> None:
         self.id = f"s{next(_ids)}"
         self.transport = transport
         self.outbox = outbox
@@ -87,6 +107,8 @@ class Session:
         self.live_input: LiveSource | None = None  # webcam frames (WebRTC track or WebSocket JPEGs)
         self.upload: Path | None = None  # the video file this session uploaded
         self.upload_token = secrets.token_urlsafe(16)  # names the session to POST /upload
+        self.limit = limit or MessageLimit(10.0, 20)  # control messages (event loop only)
+        self.log = log or LineLimit()  # this session's log lines (any thread)
 
     @property
     def streaming(self) -> bool:

@@ -11,6 +11,7 @@ MAX_CONTROL_BYTES = 4096  # a control message larger than this is refused with a
 MAX_PROMPT_CHARS = 500
 MAX_SEED = 2**31 - 1
 ABSOLUTE_MAX_FPS = 10_000.0  # sanity bound of the protocol; `ServerSettings.max_fps` is the real limit
+MIN_FPS = 1.0  # the lowest frame rate a session may ask for (a chunk every few seconds at most)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,9 @@ class ServerSettings:
     input_chunks:    chunks of live input frames buffered per session before the oldest frame is dropped.
     engine_threads:  torch CPU threads while the server runs (process-wide); 0: one fewer than torch's
                      default (at least 1), so the engine's threads leave a core to the event loop.
+    control_rate:    control messages a session may send per second on average (a token bucket) ...
+    control_burst:   ... and at once; messages over the limit are dropped (one `rate_limited` error a burst).
+    log_lines:       log lines one session may cause per `log_window_s`; the rest are counted and summarised.
     """
 
     host: str = "127.0.0.1"
@@ -51,16 +55,20 @@ class ServerSettings:
     input_timeout_s: float = 5.0
     input_chunks: int = 2
     engine_threads: int = 0
+    control_rate: float = 10.0
+    control_burst: int = 20
+    log_lines: int = 20
+    log_window_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port must be between 0 and 65535, got {self.port}")
         if self.max_sessions < 1:
             raise InputError(f"--max-sessions must be at least 1, got {self.max_sessions}")
-        if not 0 < self.max_fps <= ABSOLUTE_MAX_FPS:
-            raise InputError(f"max_fps must be in (0, {ABSOLUTE_MAX_FPS:g}], got {self.max_fps}")
-        if self.fps is not None and not 0 < self.fps <= self.max_fps:
-            raise InputError(f"--fps must be in (0, {self.max_fps:g}], got {self.fps}")
+        if not MIN_FPS <= self.max_fps <= ABSOLUTE_MAX_FPS:
+            raise InputError(f"--max-fps must be in [{MIN_FPS:g}, {ABSOLUTE_MAX_FPS:g}], got {self.max_fps}")
+        if self.fps is not None and not MIN_FPS <= self.fps <= self.max_fps:
+            raise InputError(f"--fps must be in [{MIN_FPS:g}, {self.max_fps:g}], got {self.fps}")
         if not self.max_upload_mb > 0 or not self.input_timeout_s > 0:
             raise InputError("max_upload_mb and input_timeout_s must be positive")
         for name in ("queue_chunks", "max_batch_rows", "input_chunks"):
@@ -70,6 +78,10 @@ class ServerSettings:
             raise InputError("max_utilization must be in (0, 1], lead_chunks and calibrate_passes >= 0")
         if self.engine_threads < 0:
             raise InputError(f"engine_threads must be at least 0, got {self.engine_threads}")
+        if not self.control_rate > 0 or self.control_burst < 1:
+            raise InputError("control_rate must be positive and control_burst at least 1")
+        if self.log_lines < 1 or not self.log_window_s > 0:
+            raise InputError("log_lines must be at least 1 and log_window_s positive")
         if self.ws_max_bytes < MAX_CONTROL_BYTES:
             raise InputError(f"ws_max_bytes must be at least {MAX_CONTROL_BYTES}")
 

@@ -4,21 +4,27 @@ The body is the raw file (any container PyAV reads), at most `max_upload_mb`. Th
 itself (after the session id) in a temporary folder only it uses, so nothing the client sends becomes a
 path; it opens the file to check that it is a readable video with frames, keeps one file per session (a new
 upload replaces the old one) and deletes it when the session closes. Errors are JSON, as on the WebSocket.
+
+Nothing outlives its upload or its session: the body goes to a `.part` file of its own (concurrent uploads
+of one session never share one), deleted on every way out but success (a refusal, a client that disconnects
+mid-body, a cancelled request); a file that finishes after its session closed is deleted, not kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from starlette.requests import ClientDisconnect
 
 from framecast.errors import InputError
 from framecast.io.video import VideoReader
-from framecast.server.logs import log_event
+from framecast.server.logs import log_event, session_event
 from framecast.server.manager import SessionManager, log
 from framecast.server.protocol import error_json
 
@@ -36,19 +42,24 @@ async def receive_upload(request: Request, manager: SessionManager, token: str) 
     if declared.isdigit() and int(declared) > limit:
         return _error(413, "too_large", f"uploads are limited to {limit} bytes, this one has {declared}")
     path = manager.upload_path(s)
-    part = path.with_suffix(".part")
+    part = path.with_name(f"{path.stem}.{secrets.token_hex(4)}.part")
     try:
         size = await _save(request, part, limit)
         info = await asyncio.to_thread(_probe, part)
+        if not manager.is_open(s):  # it closed while the body came in: keep nothing
+            return _error(404, "unknown_token", "the session closed during the upload; the file was not kept")
+        os.replace(part, path)  # no await from the check to here: the session cannot close in between
     except _TooLargeError:
-        part.unlink(missing_ok=True)
         return _error(413, "too_large", f"uploads are limited to {limit} bytes")
     except InputError as e:
-        part.unlink(missing_ok=True)
         return _error(400, "bad_input", str(e).replace(str(part), "the uploaded file"))
-    os.replace(part, path)
+    except ClientDisconnect:
+        log_event(log, "upload_aborted", session=s.id)
+        return _error(400, "bad_input", "the client disconnected before the end of the upload")
+    finally:  # every way out: a refusal, a disconnect, a cancelled request, a server shutting down
+        part.unlink(missing_ok=True)
     s.upload = path
-    log_event(log, "upload", session=s.id, bytes=size)
+    session_event(log, s.log, "upload", session=s.id, bytes=size)
     return JSONResponse({"type": "uploaded", "bytes": size, **info})
 
 

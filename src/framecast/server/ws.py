@@ -54,6 +54,7 @@ async def _receive(ws: WebSocket, s: Session, manager: SessionManager) -> None:
             reply = manager.handle(s, text) if isinstance(text, str) else manager.handle_binary(s, bytes(data or b""))
             if reply is not None:
                 s.outbox.put_message(reply)
+            await asyncio.sleep(0)  # messages already received would not yield: let other sessions' sends run
 
 
 async def _send(ws: WebSocket, s: Session, manager: SessionManager) -> None:
