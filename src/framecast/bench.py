@@ -267,16 +267,28 @@ class _Overhead:
 
 def _overhead_round(pipe: Pipeline, stream: Stream, out: _Overhead | None, budget: float) -> None:
     """Record whole chunks' worth of passes, then PAIRS times: as many engine passes and the recorded ones
-    replayed bare, back to back, in alternating order (so a slow moment of the machine hits both alike)."""
+    replayed bare (`_interleaved`)."""
     calls = _record_round(pipe, stream, budget)
-    net, n = pipe.family.network, len(calls)
-    for k in range(PAIRS):
-        if k % 2 == 0:
-            engine_s, bare_s = _engine_round(pipe, stream, n), _bare_round(net, calls, pipe.device)
-        else:
-            bare_s, engine_s = _bare_round(net, calls, pipe.device), _engine_round(pipe, stream, n)
+    for _ in range(PAIRS):
+        engine_s, bare_s = _interleaved(pipe, stream, calls)
         if out is not None:  # None: a warm-up round
             out.add(engine_s, bare_s, len(calls))
+
+
+def _interleaved(pipe: Pipeline, stream: Stream, calls: list[Call]) -> tuple[float, float]:
+    """Engine and bare time of as many passes as `calls`, interleaved a chunk's cycle of passes at a time, the
+    order flipping every cycle: a slow moment of the machine lands on both sides alike."""
+    cycle, net = stream.family.schedule(stream.cfg).passes_per_chunk, pipe.family.network
+    engine_s = bare_s = 0.0
+    for c in range(len(calls) // cycle):
+        part = calls[c * cycle : (c + 1) * cycle]
+        if c % 2 == 0:
+            engine_s += _engine_round(pipe, stream, cycle)
+            bare_s += _bare_round(net, part, pipe.device)
+        else:
+            bare_s += _bare_round(net, part, pipe.device)
+            engine_s += _engine_round(pipe, stream, cycle)
+    return engine_s, bare_s
 
 
 # -- the run -------------------------------------------------------------------------------------------

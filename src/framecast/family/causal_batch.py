@@ -36,8 +36,7 @@ def _guided(v: Tensor, w: float) -> Tensor:
     """Velocity (R, C, F, H, W) of one request's rows -> (1, C, F, H, W): guided when R is 2."""
     if v.shape[0] == 1:
         return v
-    cond, uncond = v[:1], v[1:2]
-    return uncond + w * (cond - uncond)
+    return torch.lerp(v[1:2], v[:1], w)  # v_u + w * (v_c - v_u) in one op
 
 
 def _run_one(model: CausalWanDiT, r: PassRequest, mask_cache: MaskCache | None) -> list[PassResult]:

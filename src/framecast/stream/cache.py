@@ -9,8 +9,9 @@ stream that later chunks read (see `stream.scheduler`): pass p gets p + 1 slots,
 Keys and values are written straight into their slots, and a pass's context is one gather over slots.
 
 A guided stream keeps two rings, the prompt's and the empty prompt's, with the same slots and the same
-writes (`ring_rows`): they are views of one store (2, L, R, S + G, N, h, hd), so the context of both rows
-is one gather (`gather_rows`), and the whole ring of both rows is a view.
+writes (`ring_rows`): they are views of one store (2, L, R, S + G, N, h, hd) and share their bookkeeping, so
+the context of both rows is one gather (`gather_rows`), the whole ring of both rows is a view, and one
+`write` (or `stage`) copies both rows of a pass's output at once.
 """
 
 from __future__ import annotations
@@ -50,8 +51,11 @@ class RingKV:
         self.full, self.last = False, -1  # every ring slot filled; the chunk written last
         self.staged: list[tuple[int, int]] = [EMPTY] * (slots - S)  # (chunk, pass) per staging slot
         self._stage_start = [S + sum(self.stage_sizes[:p]) for p in range(len(self.stage_sizes))]
-        # per slot: (1, N, h, hd) views of every layer's keys, then values, where one batch row is copied to
-        self._dst = [[self.store[i, j, s : s + 1] for i in range(2) for j in range(L)] for s in range(slots)]
+        # per slot: (R, N, h, hd) views of every layer's keys, then values, where R batch rows are copied to
+        # (R = 1 for a ring of its own; every row of the group for a ring of `ring_rows`)
+        rows = self.store[:, :, None] if self.rows is None else self.rows  # (2, L, R, S + G, N, h, hd)
+        self._dst = [[rows[i, j, :, s] for i in range(2) for j in range(L)] for s in range(slots)]
+        self.group: list[RingKV] = [self]  # the rings sharing this one's store and bookkeeping
         self._ring_view = PastKV(self.k.flatten(1, 2)[:, None], self.v.flatten(1, 2)[:, None])  # (L, 1, S * N, h, hd)
         self._ring_slots = list(range(S))
         self._angles: BoundedCache[tuple, tuple[Tensor, Tensor]] = BoundedCache(64)  # cos/sin by slot shifts
@@ -76,9 +80,10 @@ class RingKV:
         per layer (B, N', h, hd), tokens start..start + N of batch row `row`."""
         s = self.slot(chunk)
         self._copy(s, keys, values, row, start)
-        self.chunks[s], self.last = chunk, chunk
-        if not self.full:
-            self.full = min(self.chunks) >= 0
+        self.chunks[s] = chunk  # shared by the group
+        full = self.full or min(self.chunks) >= 0
+        for ring in self.group:
+            ring.last, ring.full = chunk, full
 
     def ring_slots(self) -> list[int]:
         """Every ring slot in order (`gather` of these is `ring_view`); do not modify."""
@@ -105,9 +110,11 @@ class RingKV:
         return self._stage_start[p] + chunk % self.stage_sizes[p]
 
     def _copy(self, s: int, keys: list[Tensor], values: list[Tensor], row: int, start: int) -> None:
-        N = self.tokens
-        if keys[0].size(0) != 1:  # a row of a batch of several streams
-            keys, values = [k[row : row + 1] for k in keys], [v[row : row + 1] for v in values]
+        """Rows row..row + R - 1 (R: the group's rows) of a pass's keys/values, tokens start..start + N, into
+        slot s of every row's store, in one copy call."""
+        N, R = self.tokens, len(self.group)
+        if keys[0].size(0) != R:  # this stream's rows of a batch of several streams
+            keys, values = [k[row : row + R] for k in keys], [v[row : row + R] for v in values]
         if start != 0 or keys[0].size(1) != N:  # one chunk of a row of several
             keys, values = [k.narrow(1, start, N) for k in keys], [v.narrow(1, start, N) for v in values]
         torch._foreach_copy_(self._dst[s], keys + values)  # one call for every layer's keys and values
@@ -187,4 +194,7 @@ def ring_rows(
     store = torch.zeros(shape, dtype=dtype, device=device)
     if rows == 1:
         return [RingKV(store[:, :, 0].contiguous(), [-1] * (sinks + window), sinks, sizes)]
-    return [RingKV(store[:, :, r], [-1] * (sinks + window), sinks, list(sizes), rows=store) for r in range(rows)]
+    group = [RingKV(store[:, :, r], [-1] * (sinks + window), sinks, list(sizes), rows=store) for r in range(rows)]
+    for ring in group:  # one bookkeeping for all: the same slots hold the same chunks in every row
+        ring.chunks, ring.staged, ring.group = group[0].chunks, group[0].staged, group
+    return group

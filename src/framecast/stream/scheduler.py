@@ -95,11 +95,10 @@ def apply_result(state: StreamState, res: PassResult) -> list[Tensor]:
     if table.dsigma is not None:  # Euler step of every frame, with euler_step's arithmetic
         dv = table.dsigma * v
         x = x + (dv if dv.dtype == v.dtype else dv.to(v.dtype))
-    for k, rg in enumerate(state.rings):  # guided: the empty prompt's row follows the prompt's
-        for i in range(table.final):
-            rg.write(rows[i].chunk, res.keys, res.values, res.row + k, i * ring.tokens)
-        for i, p in table.staged:  # kept for the next chunks, which would have seen them in flight
-            rg.stage(rows[i].chunk, p, res.keys, res.values, res.row + k, i * ring.tokens)
+    for i in range(table.final):  # guided: both rows at once, the empty prompt's into its own ring
+        ring.write(rows[i].chunk, res.keys, res.values, res.row, i * ring.tokens)
+    for i, p in table.staged:  # kept for the next chunks, which would have seen them in flight
+        ring.stage(rows[i].chunk, p, res.keys, res.values, res.row, i * ring.tokens)
     done = [x[0, :, i * cf : (i + 1) * cf] for i in table.emitted]
     for r in rows:
         r.next_pass += 1
