@@ -201,14 +201,30 @@ def _first_frame(pipe: Pipeline, prompt: str, seed: int, cfg: StreamConfig) -> f
 
 @dataclass
 class _Recorder:
-    """Forward pre-hook (with_kwargs=True) that keeps the inputs of every denoiser call."""
+    """Forward pre-hook (with_kwargs=True) that keeps the inputs of every denoiser call, as they are at the call:
+    inputs that are views of a stream's cache (which later passes overwrite) are kept as copies."""
 
     calls: list[Call] = field(default_factory=list)
     nbytes: int = 0
 
     def __call__(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.calls.append((args, dict(kwargs)))
+        self.calls.append((_snapshot(args), _snapshot(dict(kwargs))))
         self.nbytes += _nbytes(args) + _nbytes(kwargs)
+
+
+def _snapshot(obj: Any) -> Any:
+    """`obj` with every tensor that is a slice of another (a view of a cache, which later passes overwrite) copied in
+    the same layout; broadcast views (stride 0: a condition or latents expanded over frames or rows) and other
+    tensors kept as they are, so the bare loop gets inputs of the same kind as the engine's."""
+    if isinstance(obj, Tensor):
+        return obj.clone() if obj._base is not None and 0 not in obj.stride() else obj
+    if isinstance(obj, tuple | list):
+        return type(obj)(_snapshot(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.replace(obj, **{f.name: _snapshot(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+    return obj
 
 
 @contextmanager

@@ -89,13 +89,24 @@ def _cat_structure(reqs: list[PassRequest], F: int) -> Tensor | None:
 
 
 def _past_len(r: PassRequest) -> int:
-    return 0 if r.past is None else r.past.k.shape[2]
+    return sum(p.k.shape[2] for p in _parts(r.past))
+
+
+def _parts(past: PastKV | list[PastKV] | None) -> list[PastKV]:
+    return [] if past is None else [past] if isinstance(past, PastKV) else past
+
+
+def _whole(past: PastKV | list[PastKV]) -> PastKV:
+    """A context given in parts as one (L, R, M, h, hd): a copy, for the padded batch path."""
+    if isinstance(past, PastKV):
+        return past
+    return PastKV(torch.cat([p.k for p in past], 2), torch.cat([p.v for p in past], 2))
 
 
 def _cat_past(reqs: list[PassRequest], M: int) -> PastKV | None:
     if M == 0:
         return None
-    ref = next(r.past.k for r in reqs if r.past is not None)
+    ref = next(_parts(r.past)[0].k for r in reqs if r.past)
     ks, vs = [], []
     for r in reqs:
         if r.past is None:
@@ -103,8 +114,9 @@ def _cat_past(reqs: list[PassRequest], M: int) -> PastKV | None:
             ks.append(ref.new_zeros(shape))
             vs.append(ref.new_zeros(shape))
         else:
-            ks.append(_pad(r.past.k, 2, M))
-            vs.append(_pad(r.past.v, 2, M))
+            whole = _whole(r.past)
+            ks.append(_pad(whole.k, 2, M))
+            vs.append(_pad(whole.v, 2, M))
     return PastKV(torch.cat(ks, 1), torch.cat(vs, 1))
 
 

@@ -107,6 +107,18 @@ class PastKV:
     v: Tensor
 
 
+LayerPast = tuple[Tensor, Tensor] | tuple[list[Tensor], list[Tensor]]  # one layer's context: whole, or in parts
+
+
+def _layer_past(past: PastKV | list[PastKV] | None, i: int) -> LayerPast | None:
+    """Layer i of a context (L, B, M, h, hd), or of each of its parts."""
+    if past is None:
+        return None
+    if isinstance(past, PastKV):
+        return past.k[i], past.v[i]
+    return [p.k[i] for p in past], [p.v[i] for p in past]
+
+
 @dataclass
 class DiTOutput:
     """Velocity (B, C, F, H, W) and the pass's own rotated keys/values per layer: (B, N, heads, hd)."""
@@ -152,14 +164,20 @@ class _Attention(nn.Module):
 
 class SelfAttention(_Attention):
     def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor], past: tuple[Tensor, Tensor] | None, mask: Tensor | None
+        self, x: Tensor, rope: tuple[Tensor, Tensor], past: LayerPast | None, mask: Tensor | None
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """x: (B, N, D); past: keys/values (B, M, h, hd); mask: (B, 1, N, M + N) bool or None."""
+        """x: (B, N, D); past: keys/values (B, M, h, hd), or lists of parts (B, Mi, h, hd) that concatenate to
+        them; mask: (B, 1, N, M + N) bool or None."""
         B, N, D = x.shape
         q = apply_rope(self.norm_q(self.q(x)).view(B, N, self.heads, -1), *rope)  # (B, N, h, hd)
         k = apply_rope(self.norm_k(self.k(x)).view(B, N, self.heads, -1), *rope)
         v = self.v(x).view(B, N, self.heads, -1)
-        k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 1), torch.cat([past[1], v], 1))
+        if past is None:
+            k_all, v_all = k, v
+        elif isinstance(past[0], Tensor):
+            k_all, v_all = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)  # type: ignore[list-item]
+        else:  # the context in parts: this concatenation is its only copy
+            k_all, v_all = torch.cat([*past[0], k], 1), torch.cat([*past[1], v], 1)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k_all.transpose(1, 2), v_all.transpose(1, 2), attn_mask=mask
         )  # (B, h, N, hd)
@@ -201,7 +219,7 @@ class Block(nn.Module):
         e: Tensor,
         rope: tuple[Tensor, Tensor],
         cross: tuple[Tensor, Tensor],
-        past: tuple[Tensor, Tensor] | None,
+        past: LayerPast | None,
         mask: Tensor | None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """x: (B, F, P, D) tokens; e: (B, F, 1, 6, D) per-frame timestep projection (float32)."""
@@ -299,13 +317,14 @@ class CausalWanDiT(nn.Module):
         t: Tensor,
         frame_pos: Tensor,
         cross: CrossKV,
-        past: PastKV | None = None,
+        past: PastKV | list[PastKV] | None = None,
         mask: Tensor | None = None,
         structure: Tensor | None = None,
     ) -> DiTOutput:
         """One pass over the latent frames x: (B, C, F, H, W) at timesteps t: (B, F).
 
-        frame_pos: (B, F) temporal RoPE positions; past: keys/values to attend to (already rotated);
+        frame_pos: (B, F) temporal RoPE positions; past: keys/values to attend to (already rotated), or a list
+        of parts in order (views of a cache, say), concatenated once per layer with the pass's own;
         mask: (B, 1, N, M + N) bool, True where a query token may attend (None: attend to everything);
         structure: (B, Cs, F, H, W) encoded input frames of a model with `structure_channels` (zeros where a
         frame has none), or None.
@@ -319,8 +338,9 @@ class CausalWanDiT(nn.Module):
                 raise InputError("this model takes no structure input (its structure_channels is 0)")
             tokens = tokens + self.structure_embedding(structure.to(tokens.dtype))  # (B, D, F, h, w)
         tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, F, P, D)
-        if past is not None and past.k.dtype != tokens.dtype:
-            raise InputError(f"past keys/values are {past.k.dtype}, but the model computes in {tokens.dtype}")
+        parts = [past] if isinstance(past, PastKV) else (past or [])
+        if parts and parts[0].k.dtype != tokens.dtype:
+            raise InputError(f"past keys/values are {parts[0].k.dtype}, but the model computes in {tokens.dtype}")
         e = self.time_embedding(sinusoidal(t, c.freq_dim).to(param_dtype(self.time_embedding))).float()  # (B, F, D)
         if cross.mod is not None:
             e = e + cross.mod
@@ -329,7 +349,7 @@ class CausalWanDiT(nn.Module):
         rope = rope_angles(frame_pos, grid, c.head_dim, c.rope_theta)
         keys, values = [], []
         for i, blk in enumerate(self.blocks):
-            layer_past = None if past is None else (past.k[i], past.v[i])
+            layer_past = _layer_past(past, i)
             tokens, k, v = blk(tokens, e6, rope, (cross.k[i], cross.v[i]), layer_past, mask)
             keys.append(k)
             values.append(v)

@@ -140,6 +140,18 @@ class RingKV:
         k, v = self.rows.index_select(3, self._index(slots)).view(2, L, R, len(slots) * N, h, hd).unbind(0)
         return PastKV(k, v)
 
+    def views(self, slots: list[int]) -> list[PastKV]:
+        """The same context as `gather_rows(slots)` as parts without a copy: one view (L, R, n * N, h, hd) per run
+        of consecutive store slots, in order. The model's key concatenation then makes the only copy."""
+        rows = self.store[:, :, None] if self.rows is None else self.rows  # (2, L, R, S + G, N, h, hd)
+        parts, start = [], 0
+        for i in range(1, len(slots) + 1):
+            if i == len(slots) or slots[i] != slots[i - 1] + 1:
+                a, b = slots[start], slots[i - 1] + 1
+                parts.append(PastKV(rows[0, :, :, a:b].flatten(2, 3), rows[1, :, :, a:b].flatten(2, 3)))
+                start = i
+        return parts
+
     def _index(self, slots: list[int]) -> Tensor:
         key = tuple(slots)
         return self._gather_idx.get(key, lambda: torch.tensor(key, device=self.device))

@@ -22,7 +22,7 @@ class PassRequest:
     pos: Tensor  # (1, F) long temporal positions
     frame_chunk: list[int]  # (F,) chunk of every frame
     cross: CrossKV  # (L, R, F, T, h, hd) text keys/values per frame (guided: the prompt's row, then the empty one's)
-    past: PastKV | None  # (L, R, M, h, hd) cached keys (rotated) and values
+    past: PastKV | list[PastKV] | None  # (L, R, M, h, hd) cached keys (rotated) and values, or its parts in order
     past_chunk: list[int]  # chunk of every cached token group (M / tokens_per_chunk_frame entries)
     sinks: int
     window: int

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from framecast.errors import InputError
-from framecast.models.dit import CrossKV
+from framecast.models.dit import CrossKV, PastKV
 from framecast.sampling.flow import add_noise, sdedit_sigmas
 from framecast.stream.request import PassRequest, PassResult
 from framecast.stream.state import ChunkInput, Condition, InFlight, PassTable, StreamState
@@ -181,13 +181,22 @@ def _request(state: StreamState, rows: list[InFlight], tick: int, slots: list[in
         pos=state.plan.row_positions(chunks, tick),
         frame_chunk=chunks if cf == 1 else [c for c in chunks for _ in range(cf)],
         cross=_cross(state, rows),
-        past=state.ring.gather_rows(slots) if slots else None,
+        past=_context(state, slots),
         past_chunk=pc,
         sinks=cfg.sink_chunks,
         window=cfg.window_chunks,
         guidance=cfg.guidance,
         structure=structure if structure is None or R == 1 else structure.expand(R, -1, -1, -1, -1),
     )
+
+
+def _context(state: StreamState, slots: list[int]) -> PastKV | list[PastKV] | None:
+    """The row's context (L, R, M, h, hd): the stream batch's whole ring is one view (during warm-up, one
+    gather); a sequential pass's ring chunks and staged keys go as views of their runs of slots, which the
+    model concatenates once (no gather copy a pass)."""
+    if not slots:
+        return None
+    return state.ring.gather_rows(slots) if state.cfg.batch_steps else state.ring.views(slots)
 
 
 def _structure(rows: list[InFlight]) -> Tensor | None:
