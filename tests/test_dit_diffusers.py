@@ -45,8 +45,8 @@ def _reference(cfg: DiTConfig) -> torch.nn.Module:
     ).eval()
 
 
-def _randomize(model: torch.nn.Module) -> None:
-    g = torch.Generator().manual_seed(1)
+def _randomize(model: torch.nn.Module, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)

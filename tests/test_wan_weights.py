@@ -22,6 +22,7 @@ from framecast.models.config import DiTConfig
 from framecast.models.convert import from_diffusers, to_diffusers
 from framecast.models.dit import CausalWanDiT, PastKV
 from framecast.models.wan_weights import load_wan_dit, locate, read_checkpoint, read_wan_state, wan_config
+from tests.test_dit_diffusers import _randomize, _reference
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -34,24 +35,8 @@ CFG = DiTConfig(
 
 def reference(seed: int) -> torch.nn.Module:
     """A tiny diffusers WanTransformer3DModel with random weights (every tensor, not just the default init)."""
-    model = diffusers.WanTransformer3DModel(
-        patch_size=CFG.patch_size,
-        num_attention_heads=CFG.num_heads,
-        attention_head_dim=CFG.head_dim,
-        in_channels=CFG.in_channels,
-        out_channels=CFG.out_channels,
-        text_dim=CFG.text_dim,
-        freq_dim=CFG.freq_dim,
-        ffn_dim=CFG.ffn_dim,
-        num_layers=CFG.num_layers,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        eps=CFG.eps,
-    ).eval()
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    model = _reference(CFG)
+    _randomize(model, seed)
     return model
 
 

@@ -36,7 +36,6 @@ class Driver:
 
     def __init__(self, family: ModelFamily) -> None:
         self.family = family
-        self.steps = 0
 
     def step(self, streams: Sequence[Stream], timeout: float = 0.0) -> list[Emitted]:
         """One step of every stream (at most once each); a live input is waited for up to `timeout` s."""
@@ -50,7 +49,6 @@ class Driver:
         that finished, not yet decoded (`step` decodes them; `bench` times this against the bare forward loop)."""
         out = [self._prepare(s, timeout) for s in streams]
         running = [s for s, e in zip(streams, out, strict=True) if e.action is Action.RUN]
-        self.steps += 1
         if not running:
             return out, []
         latents = self.family.denoise([s.state for s in running])
@@ -73,7 +71,7 @@ class Driver:
             return Emitted(Action.RUN)
         e, inp = Emitted(Action.RUN), None
         if s.feed is not None:
-            e.action, inp, e.input_ended = self._input(s, timeout)
+            e.action, inp = self._input(s, e, timeout)
             if e.action is Action.SKIP:
                 e.chunks.append(s.feed.repeat())
                 s.frames_emitted += len(e.chunks[0])
@@ -83,23 +81,24 @@ class Driver:
         e.admitted = 1
         return e
 
-    def _input(self, s: Stream, timeout: float) -> tuple[Action, ChunkInput | None, str | None]:
-        """The next input chunk of a video-to-video stream (action, its input, why its input ended)."""
+    def _input(self, s: Stream, e: Emitted, timeout: float) -> tuple[Action, ChunkInput | None]:
+        """The next input chunk of a video-to-video stream (action, its input); an input that ends under a stream
+        that goes on from the prompt is detached and said in `e`."""
         feed = s.feed
         assert feed is not None
         if not feed.done:
             try:
                 action, inp = feed.prepare(timeout)
-            except InputError as e:  # a file found corrupt part way: the caller's error, unless the stream goes on
+            except InputError as err:  # a file found corrupt part way: the caller's error, unless the stream goes on
                 if s.input_end != "prompt":
                     raise
                 feed.done, action, inp = True, Action.END, None
-                feed.source.error = feed.source.error or str(e)
+                feed.source.error = feed.source.error or str(err)
             if action is not Action.END:
-                return action, inp, None
+                return action, inp
         if s.input_end == "prompt":  # go on from the prompt alone, cache kept
-            reason = s.detach_input()
-            return Action.RUN, None, reason
+            e.input_ended, e.input_error = True, s.detach_input()
+            return Action.RUN, None
         if feed.pending():  # drain: the last input again pushes the chunks in flight out
-            return Action.RUN, feed.pad(), None
-        return Action.END, None, None
+            return Action.RUN, feed.pad()
+        return Action.END, None

@@ -26,7 +26,8 @@ class Emitted:
     action: Action  # RUN: in the pass; SKIP: re-emitted its last chunk; WAIT: no input yet; END: finished
     chunks: list[np.ndarray] = field(default_factory=list)  # frames (T, H, W, 3) of each chunk out, in order
     admitted: int = 0  # chunks it started in this step
-    input_ended: str | None = None  # its input ended or broke and it goes on from the prompt: why
+    input_ended: bool = False  # its input ended or broke, and it goes on from the prompt
+    input_error: str | None = None  # how the input broke (None: it ended normally)
 
     @property
     def frames(self) -> list[np.ndarray]:
@@ -78,15 +79,15 @@ class Stream:
         """One driver step of this stream alone: the frames it emitted (none during warm-up or while waiting)."""
         return self.driver.step([self], timeout)[0].frames
 
-    def detach_input(self) -> str:
+    def detach_input(self) -> str | None:
         """Go on from the prompt alone (text to video), keeping the cache; chunks in flight finish as they are.
-        Returns why the input ended."""
+        Returns how the input broke (None: it ended normally, or there was none)."""
         feed, self.feed = self.feed, None
         if feed is None:
-            return "no input"
+            return None
         self.last_stats = feed.stats
         feed.source.close()
-        return feed.source.error or "the input ended"
+        return feed.source.error
 
     @property
     def input_stats(self) -> FeedStats | None:

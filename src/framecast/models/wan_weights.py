@@ -32,15 +32,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor
 
 from framecast.errors import ModelLoadError
 from framecast.models.config import DiTConfig
 from framecast.models.convert import from_diffusers, from_diffusers_name, is_diffusers_name
 from framecast.models.dit import CausalWanDiT, keeps_float32
-from framecast.models.weights import CONFIG_FILE, WEIGHTS_FILE, load_into, read_json
+from framecast.models.weights import CONFIG_FILE, WEIGHTS_FILE, load_into, one_line, read_json, read_safetensors
 
 WAN_WEIGHTS = "diffusion_pytorch_model.safetensors"
 WAN_INDEX = "diffusion_pytorch_model.safetensors.index.json"
@@ -150,16 +148,6 @@ def _make_config(kw: dict[str, Any], overrides: dict[str, Any], where: str | Pat
 # -- files ---------------------------------------------------------------------------------------------------
 
 
-def read_safetensors(path: Path, what: str) -> dict[str, Tensor]:
-    """Tensors of one safetensors file, on the CPU."""
-    if not path.is_file():
-        raise ModelLoadError(f"{what} not found: {path} (expected a safetensors file)")
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ModelLoadError(f"{what} {path} is truncated or not safetensors: {_one_line(err)}") from None
-
-
 def read_torch_file(path: Path, what: str) -> Any:
     """The object in a torch file, unpickled with `weights_only=True` (tensors and plain containers only)."""
     if not path.is_file():
@@ -179,7 +167,7 @@ def read_torch_file(path: Path, what: str) -> Any:
             "so save a plain dict of tensors (or safetensors)"
         ) from None
     except Exception as err:  # a damaged pickle fails anywhere in the unpickler (EOFError, KeyError, ...)
-        raise ModelLoadError(f"{what} {path} is truncated or not a torch file: {_one_line(err)}") from None
+        raise ModelLoadError(f"{what} {path} is truncated or not a torch file: {one_line(err)}") from None
 
 
 def read_tensor_file(path: str | Path, what: str) -> Any:
@@ -188,12 +176,6 @@ def read_tensor_file(path: str | Path, what: str) -> Any:
     if p.suffix == ".safetensors":
         return read_safetensors(p, what)
     return read_torch_file(p, what)
-
-
-def _one_line(err: BaseException) -> str:
-    """The first line of an error's message, after its type (a bare KeyError's message is just the key)."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
 # -- bases ---------------------------------------------------------------------------------------------------

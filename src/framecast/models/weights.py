@@ -56,13 +56,23 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
 
 def read_weights(folder: str | Path, what: str) -> dict[str, Tensor]:
     """Tensors of `folder/model.safetensors`, on the CPU."""
-    path = Path(folder) / WEIGHTS_FILE
+    return read_safetensors(Path(folder) / WEIGHTS_FILE, f"{what} weights")
+
+
+def read_safetensors(path: Path, what: str) -> dict[str, Tensor]:
+    """Tensors of one safetensors file, on the CPU; a missing or damaged file is a one-line `ModelLoadError`."""
     if not path.is_file():
-        raise ModelLoadError(f"{what} weights not found: {path} (expected a safetensors file)")
+        raise ModelLoadError(f"{what} not found: {path} (expected a safetensors file)")
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as err:
-        raise ModelLoadError(f"{what} weights {path} are truncated or not safetensors: {err}") from None
+        raise ModelLoadError(f"{what} {path} is truncated or not safetensors: {one_line(err)}") from None
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message, after its type (a bare KeyError's message is just the key)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
 def load_into(module: nn.Module, state: dict[str, Tensor], path: Path, what: str, assign: bool = False) -> None:

@@ -224,10 +224,9 @@ class EngineLoop:
         if isinstance(src, LiveSource) and not src.ended and time.monotonic() - src.last_push > limit:
             src.end(f"no webcam frame for {limit:g} s: the camera stopped or disconnected")
 
-    def _input_ended(self, lv: Live, reason: str) -> None:
+    def _input_ended(self, lv: Live, error: str | None) -> None:
         """Tell the client its input ended or broke; the stream goes on from the prompt, cache kept."""
-        if reason == "the input ended" and lv.source == "file":
-            reason = "the video ended"
+        reason = error or ("the video ended" if lv.source == "file" else "the input ended")
         message = f"{lv.source}: {reason}; the stream goes on from the prompt alone"
         lv.session.outbox.put_message({"type": "input_ended", "source": lv.source, "message": message})
         session_event(log, lv.session.log, "input_ended", session=lv.session.id, source=lv.source, reason=reason)
@@ -277,8 +276,8 @@ class EngineLoop:
     def _emit(self, lv: Live, em: Emitted, t0: float) -> None:
         """One session's part of a step: its chunk clock, input messages and frames."""
         lv.admitted.extend([t0] * em.admitted)
-        if em.input_ended is not None:
-            self._input_ended(lv, em.input_ended)
+        if em.input_ended:
+            self._input_ended(lv, em.input_error)
         for chunk in em.chunks:
             self._deliver(lv, chunk, model=em.action is not Action.SKIP)
         self._input_stats(lv)

@@ -160,11 +160,6 @@ class StreamState:
         """The prompt's KV cache."""
         return self.rings[0]
 
-    @property
-    def generator(self) -> torch.Generator:
-        """The generator of the stream's noise."""
-        return self.noise.generator
-
     def memory_bytes(self) -> int:
         """Bytes of cached keys/values (ring and staging; twice when guided): the part that scales with the model."""
         return sum(r.nbytes() for r in self.rings)
