@@ -19,7 +19,7 @@ from framecast.errors import ModelLoadError
 from framecast.family.contract import Schedule
 from framecast.family.denoiser import Denoiser
 from framecast.io.frames import frames_to_uint8, uint8_to_frames
-from framecast.models.autoencoder import TinyAutoencoder
+from framecast.models.autoencoder import StreamingAutoencoder
 from framecast.models.dit import CausalWanDiT
 from framecast.models.text import TextEncoder
 from framecast.stream import scheduler
@@ -34,7 +34,7 @@ class CausalFamily:
     def __init__(
         self,
         dit: CausalWanDiT,
-        autoencoder: TinyAutoencoder,
+        autoencoder: StreamingAutoencoder,
         text_encoder: TextEncoder,
         device: torch.device,
         dtype: torch.dtype | None = None,
@@ -44,7 +44,8 @@ class CausalFamily:
         self.device = device
         self.dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         self.dit = dit.to(device, self.dtype).eval()
-        self.autoencoder = autoencoder.to(device).eval()
+        autoencoder.to(device).eval()  # nn.Module: in place
+        self.autoencoder = autoencoder
         self.text_encoder = text_encoder
         self.denoiser = Denoiser(self.dit)
         self.network: nn.Module = self.dit
@@ -73,7 +74,8 @@ class CausalFamily:
         return StreamState.create(self.dit.config, cfg, seed, self.dtype, self.device, null)
 
     def memory_bytes(self, state: StreamState) -> int:
-        return state.memory_bytes()
+        """KV cache bytes, and what the stream's decoder carries (the Wan VAE's cache is large)."""
+        return state.memory_bytes() + (0 if state.decoder is None else state.decoder.nbytes())
 
     def pass_units(self, state: StreamState) -> int:
         """Chunks in the stream's next pass (those in flight, and a new one where due), times its rows."""
@@ -97,16 +99,15 @@ class CausalFamily:
 
     @torch.inference_mode()
     def decode(self, states: Sequence[StreamState], latents: Sequence[Tensor]) -> list[np.ndarray]:
-        """Chunks (C, cf, h, w) -> uint8 (T, H, W, 3) each, in one autoencoder call; each chunk's past is the
-        latent frame its stream decoded last (its own first frame at the start of a stream)."""
+        """Chunks (C, cf, h, w) -> uint8 (T, H, W, 3) each, in one autoencoder call; each chunk decodes with the
+        state its stream's decoder carries (the tiny autoencoder: the last latent frame; the Wan VAE: its
+        causal-conv cache)."""
         if not latents:
             return []
-        pasts = []
-        for st, lat in zip(states, latents, strict=True):  # in order: a stream's second chunk follows its first
-            pasts.append(lat[:, 0] if st.decoder_past is None else st.decoder_past)
-            st.decoder_past = lat[:, -1]
-        z, past = torch.stack(list(latents)).float(), torch.stack(pasts).float()  # (N, C, cf, h, w), (N, C, h, w)
-        clips = self.autoencoder.decode(z, past)  # (N, 3, T, H, W) in [-1, 1]
+        for st in states:
+            if st.decoder is None:
+                st.decoder = self.autoencoder.new_decoder_state()
+        clips = self.autoencoder.decode_chunks(latents, [st.decoder for st in states])  # (3, T, H, W) in [-1, 1]
         return [frames_to_uint8(clip) for clip in clips]
 
     @torch.inference_mode()
@@ -129,7 +130,7 @@ class CausalFamily:
         return Condition.from_cross(self.dit.cross_kv(embedding[None]))  # from (L, 1, T, h, hd)
 
 
-def _check_compatible(dit: CausalWanDiT, ae: TinyAutoencoder, enc: TextEncoder) -> None:
+def _check_compatible(dit: CausalWanDiT, ae: StreamingAutoencoder, enc: TextEncoder) -> None:
     c = dit.config
     if ae.latent_channels != c.in_channels:
         raise ModelLoadError(f"autoencoder gives {ae.latent_channels} latent channels, DiT expects {c.in_channels}")

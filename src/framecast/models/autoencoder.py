@@ -14,6 +14,7 @@ on the whole clip.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -48,6 +49,41 @@ class Autoencoder(Protocol):
 
     @property
     def latent_channels(self) -> int: ...
+
+
+@runtime_checkable
+class DecoderState(Protocol):
+    """What a stream's decoder carries from chunk to chunk (owned by the stream, opaque to the engine)."""
+
+    def nbytes(self) -> int: ...
+
+
+@runtime_checkable
+class StreamingAutoencoder(Autoencoder, Protocol):
+    """An autoencoder that decodes the chunks of many streams in one call, each with its stream's carried state.
+
+    `new_decoder_state()`: a stream's decoder state before its first chunk (mutable, kept by the stream).
+    `decode_chunks(latents, states)`: chunks (C, F, h, w), each with the state of its stream (a stream may appear
+    more than once, in order) -> frames (3, T, H, W) in [-1, 1] each; the states move on past their chunks.
+    """
+
+    def new_decoder_state(self) -> DecoderState: ...
+
+    def decode_chunks(self, latents: Sequence[Tensor], states: Sequence[Any]) -> list[Tensor]: ...
+
+    def to(self, device: torch.device) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
+@dataclass
+class PastFrame:
+    """`TinyAutoencoder`'s decoder state: the last latent frame decoded (C, h, w), None at a stream's start."""
+
+    latent: Tensor | None = None
+
+    def nbytes(self) -> int:
+        return 0 if self.latent is None else self.latent.numel() * self.latent.element_size()
 
 
 @dataclass(frozen=True)
@@ -247,6 +283,19 @@ class TinyAutoencoder(nn.Module):
         tf, out_c = self.temporal_factor, self.config.in_channels
         x = x.reshape(b, f, out_c, tf, *x.shape[2:]).permute(0, 2, 1, 3, 4, 5)  # (B, 3, F, tf, H, W)
         return x.reshape(b, out_c, f * tf, *x.shape[4:])  # (B, 3, T, H, W)
+
+    def new_decoder_state(self) -> PastFrame:
+        return PastFrame()
+
+    def decode_chunks(self, latents: Sequence[Tensor], states: Sequence[PastFrame]) -> list[Tensor]:
+        """Chunks (C, F, h, w) -> frames (3, F * tf, H, W) each, in one call; each chunk's past is the latent frame
+        its stream decoded last (its own first frame at the start of a stream)."""
+        pasts = []
+        for st, lat in zip(states, latents, strict=True):  # in order: a stream's second chunk follows its first
+            pasts.append(lat[:, 0] if st.latent is None else st.latent)
+            st.latent = lat[:, -1]
+        z, past = torch.stack(list(latents)).float(), torch.stack(pasts).float()  # (N, C, F, h, w), (N, C, h, w)
+        return list(self.decode(z, past))  # (3, T, H, W) each
 
     def _pasts(self, z: Tensor, past: Tensor | None) -> Tensor:
         """Latent (B, C, F, h, w) -> the latent frame before each frame (B, C, F, h, w)."""

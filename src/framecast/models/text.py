@@ -77,11 +77,20 @@ def _no_progress_bar() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-def _load_model(model_class: Any, folder: Path, device: str | torch.device) -> Any:
-    """Load transformers weights from a local folder, in eval mode on `device`."""
+def load_tokenizer(folder: str | Path) -> Any:
+    """A transformers tokenizer from a local folder (tokenizer.json / spiece.model and its config)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ModelLoadError(f"tokenizer folder not found: {root}")
+    return _load_tokenizer(_transformers(), root)
+
+
+def _load_model(model_class: Any, folder: Path, device: str | torch.device, dtype: torch.dtype | None = None) -> Any:
+    """Load transformers weights from a local folder, in eval mode on `device` (in `dtype`: None keeps the file's)."""
+    kw = {} if dtype is None else {"dtype": dtype}
     try:
         with _no_progress_bar():
-            model = model_class.from_pretrained(str(folder), local_files_only=True)
+            model = model_class.from_pretrained(str(folder), local_files_only=True, **kw)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
         raise ModelLoadError(f"could not load text encoder weights from {folder}: {err}") from err
     return model.to(device).eval()
@@ -205,14 +214,30 @@ class HFTextEncoder:
         max_length: int | None = None,
         device: str | torch.device = "cpu",
         tokenizer: str | Path | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         _check_hf_args(pooling, max_length)
         root = Path(folder)
         model_type = _read_model_type(root)
         transformers = _transformers()
-        self.folder, self.pooling = root, pooling
-        self.tokenizer = _load_tokenizer(transformers, Path(tokenizer) if tokenizer is not None else root)
-        self.model = _load_model(_model_class(transformers, model_type), root, device)
+        tok = _load_tokenizer(transformers, Path(tokenizer) if tokenizer is not None else root)
+        self._attach(
+            root, _load_model(_model_class(transformers, model_type), root, device, dtype), tok, pooling, max_length
+        )
+
+    @classmethod
+    def from_model(
+        cls, model: Any, tokenizer: Any, source: str | Path, pooling: str = "tokens", max_length: int | None = None
+    ) -> HFTextEncoder:
+        """An encoder over a transformers model built by the caller (weights converted from another layout);
+        `source` names where it came from, for messages."""
+        _check_hf_args(pooling, max_length)
+        enc = cls.__new__(cls)
+        enc._attach(Path(source), model.eval(), tokenizer, pooling, max_length)
+        return enc
+
+    def _attach(self, source: Path, model: Any, tokenizer: Any, pooling: str, max_length: int | None) -> None:
+        self.folder, self.pooling, self.tokenizer, self.model = source, pooling, tokenizer, model
         self.dim = int(self.model.config.hidden_size)
         self.max_length = self._resolve_max_length(max_length)
         self.seq_len = self.max_length if pooling == "tokens" else 1

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from framecast.errors import InputError
+from framecast.models.autoencoder import DecoderState
 from framecast.models.config import DiTConfig
 from framecast.models.dit import CrossKV
 from framecast.sampling.flow import noise_like, sigmas
@@ -126,7 +127,7 @@ class StreamState:
     null: Condition | None = None  # the empty prompt's condition: the unconditional row of guidance
     context_noise: NoiseDraws | None = None  # noise of the clean pass (`StreamConfig.context_noise`)
     structured: bool = False  # the model takes a structure input: inputs also go in as `InFlight.structure`
-    decoder_past: Tensor | None = None  # (C, h, w): the last latent frame decoded (the decoder's carried state)
+    decoder: DecoderState | None = None  # what the autoencoder carries between chunks (None until the first decode)
     memo: StreamMemo = field(default_factory=StreamMemo)
 
     @classmethod
