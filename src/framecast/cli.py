@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from framecast.engine.live import Stream
+    from framecast.evaluation.suite import EvalSettings
     from framecast.pipeline import Pipeline
     from framecast.stream.config import StreamConfig
     from framecast.v2v import MotionConfig, V2VConfig, VideoFileSource
@@ -92,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--drift-seconds", type=float, default=300.0, help="length of the drift streams (default: 300)")
     e.add_argument("--switch-seeds", type=int, default=1,
                    help="streams per prompt-switch pair, each with its own seed (default: 1)")
+    _eval_viewer_args(e)
     _sampling_args(e)
     _model_args(e)
     _eval_v2v_args(sub.add_parser("eval-v2v", help="video-to-video figures of a model on the procedural world"))
@@ -307,20 +309,45 @@ def _train(a: argparse.Namespace) -> None:
     print(f"framecast: {a.stop_after} stage done in {folder}", file=sys.stderr)
 
 
+def _eval_viewer_args(e: argparse.ArgumentParser) -> None:
+    e.add_argument("--viewer", action="store_true",
+                   help="also score what a viewer sees, frame by frame over whole streams, in canonical and "
+                        "paraphrased prompts, beside the old figures (docs/world.md)")
+    e.add_argument("--seconds", type=float, default=10.0, help="length of the viewer eval's streams (default: 10)")
+    e.add_argument("--wording", choices=("both", "canonical", "paraphrase"), default="both",
+                   help="prompt wordings of the viewer eval (default: both)")
+    e.add_argument("--triples", type=int, default=None, help="only the first N held-out triples (default: all 20)")
+    e.add_argument("--old", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --viewer, also run the old figures: adherence, temporal, drift, switches (default: on)")
+    e.add_argument("--sheet", type=Path, default=None, metavar="PNG",
+                   help="with --viewer, write a contact sheet of 4 clips (a frame every 0.5 s) to this PNG")
+
+
+def _check_eval_args(a: argparse.Namespace) -> None:
+    for path in (a.json, a.sheet):
+        if path is not None and not path.parent.resolve().is_dir():
+            raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
+    if a.seeds < 1 or a.switch_seeds < 1 or not a.drift_seconds >= 20:
+        raise InputError("--seeds and --switch-seeds must be positive and --drift-seconds at least 20")
+    if not a.seconds >= 1 or (a.triples is not None and a.triples < 1):
+        raise InputError("--seconds must be at least 1 and --triples positive")
+    if not a.viewer and (a.sheet is not None or not a.old):
+        raise InputError("--sheet and --no-old need --viewer")
+
+
 def _eval(a: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from framecast.evaluation.suite import EvalSettings, format_table, run_eval
 
-    if a.json is not None and not a.json.parent.resolve().is_dir():
-        raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
-    if a.seeds < 1 or a.switch_seeds < 1 or not a.drift_seconds >= 20:
-        raise InputError("--seeds and --switch-seeds must be positive and --drift-seconds at least 20")
+    _check_eval_args(a)
     pipe = _load(a)
-    settings = EvalSettings(
-        seeds=a.seeds, drift_seconds=a.drift_seconds, switch_seeds=a.switch_seeds, stream=_sampling_overrides(a)
-    )
+    settings = EvalSettings(seeds=a.seeds, drift_seconds=a.drift_seconds, switch_seeds=a.switch_seeds,
+                            stream=_sampling_overrides(a), triples=a.triples)
     pipe.stream_config(**settings.stream)  # validate before the long run
+    if a.viewer:
+        _eval_viewer(a, pipe, settings)
+        return
     with tqdm(desc="eval", unit="task") as bar:
 
         def progress(message: str) -> None:
@@ -331,6 +358,37 @@ def _eval(a: argparse.Namespace) -> None:
     print(format_table(result))
     if a.json is not None:
         a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+
+
+def _eval_viewer(a: argparse.Namespace, pipe: Pipeline, old: EvalSettings) -> None:
+    """`framecast eval --viewer`: the viewer eval, the old figures beside it, a table, JSON and a contact sheet."""
+    from tqdm import tqdm
+
+    from framecast.evaluation.sheet import ClipKeeper, contact_sheet, spread, write_png
+    from framecast.evaluation.suite import task_count
+    from framecast.evaluation.viewer import ViewerSettings, viewer_cases
+    from framecast.evaluation.viewer_report import format_viewer_table, run_viewer_eval
+
+    wordings = ("canonical", "paraphrase") if a.wording == "both" else (a.wording,)
+    vs = ViewerSettings(a.seconds, a.seeds, wordings, a.triples, stream=old.stream)
+    cases = len(viewer_cases(vs))
+    keeper = ClipKeeper(set(spread(cases, 4)) if a.sheet is not None else set())
+    with tqdm(desc="eval --viewer", unit="task", total=cases + (task_count(old) if a.old else 0)) as bar:
+
+        def progress(message: str) -> None:
+            bar.set_postfix_str(message)
+            bar.update(1)
+
+        result = run_viewer_eval(pipe, vs, old if a.old else None, progress, keeper)
+    print(format_viewer_table(result))
+    if a.json is not None:
+        a.json.write_text(json.dumps(result.to_json(), indent=2, allow_nan=False) + "\n")
+    if a.sheet is not None:
+        every = max(1, round(pipe.config.fps / 2))
+        clips = [keeper.clips[i] for i in sorted(keeper.clips)]
+        write_png(a.sheet, contact_sheet(clips, every, -(-len(clips[0]) // every)))
+        rows = "; ".join(keeper.prompts[i] for i in sorted(keeper.clips))
+        print(f"wrote a contact sheet to {a.sheet}: a frame every {every} frames; rows: {rows}", file=sys.stderr)
 
 
 def _eval_v2v_args(e: argparse.ArgumentParser) -> None:

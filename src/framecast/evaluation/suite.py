@@ -165,6 +165,11 @@ def switches(pipe: Pipeline, s: EvalSettings, progress: Progress) -> dict[str, f
     }
 
 
+def task_count(s: EvalSettings) -> int:
+    """How many times `run_eval` reports progress: adherence clips, drift streams and prompt switches."""
+    return len(sorted(HELDOUT)[: s.triples]) * s.seeds + len(DRIFT_PROMPTS) + len(SWITCHES) * s.switch_seeds
+
+
 def run_eval(pipe: Pipeline, s: EvalSettings | None = None, progress: Progress = lambda _: None) -> EvalResult:
     s = s or EvalSettings()
     adh, by_shape, clips = adherence(pipe, s, progress)
