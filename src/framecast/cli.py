@@ -43,12 +43,71 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "model/bare weights, .pt or .safetensors; a LoRA in it is merged)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="the DiT's and the caches' dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    _image_args(p.add_argument_group("diffusers image models (a --model folder with model_index.json)"))
+
+
+def _image_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--size", default=None, metavar="WxH", help="frame size, multiples of 8 (default: the UNet's)")
+    g.add_argument("--t-index", default=None, metavar="I,J,..",
+                   help="timesteps as StreamDiffusion's t-index list over a 50-step grid, e.g. 0,16,32,45 "
+                        "(sets --steps; default: the folder scheduler's own timesteps)")
+    g.add_argument("--cfg-type", default=None, choices=("full", "self", "initialize"),
+                   help="with --guidance: a negative row per frame (full) or residual CFG (default: self)")
+    g.add_argument("--delta", type=float, default=None, help="residual CFG's weight of the residual noise (1)")
+    g.add_argument("--negative-prompt", default=None, help="the negative side of guidance (default: empty)")
+    g.add_argument("--noise", default=None, choices=("fixed", "fresh"),
+                   help="one noise per stream, reused for every frame (fixed, default) or new noise per frame")
+    g.add_argument("--feedback", type=float, default=None,
+                   help="video to video: weight of the last output latent blended into each input (0)")
+    g.add_argument("--tiny-vae", default=None, metavar="DIR", help="an AutoencoderTiny (TAESD) folder to use")
+
+
+def _image_settings(a: argparse.Namespace) -> dict[str, Any]:
+    """ImageSettings fields set on the command line."""
+    named: dict[str, Any] = {
+        "cfg_type": a.cfg_type, "delta": a.delta, "negative_prompt": a.negative_prompt, "noise": a.noise,
+        "feedback": a.feedback,
+        "size": None if a.size is None else _size(a.size)[::-1],
+        "t_index": None if a.t_index is None else _int_list(a.t_index, "--t-index"),
+    }  # fmt: skip
+    return {k: v for k, v in named.items() if v is not None}
+
+
+def _size(text: str) -> tuple[int, int]:
+    """`WxH` -> (width, height)."""
+    w, sep, h = text.lower().partition("x")
+    if not (sep and w.isdigit() and h.isdigit()) or not (int(w) > 0 and int(h) > 0):
+        raise InputError(f"--size expects WIDTHxHEIGHT in pixels, e.g. 512x512, got {text!r}")
+    return int(w), int(h)
+
+
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{flag} expects comma-separated integers, e.g. 0,16,32,45, got {text!r}") from None
+
+
+
+
 
 
 def _load(a: argparse.Namespace) -> Pipeline:
     """The model the command line names (--model, --random-weights, --device, --checkpoint, --dtype)."""
+    from framecast.models.diffusers_image import is_image_folder
     from framecast.pipeline import Pipeline
 
+    image = _image_settings(a) if hasattr(a, "tiny_vae") else {}
+    tiny_vae = getattr(a, "tiny_vae", None)
+    if is_image_folder(Path(_model(a))) and not a.random_weights:
+        from framecast.family.image_settings import ImageSettings
+
+        if a.checkpoint is not None:
+            raise InputError("--checkpoint is for causal DiT folders; an image model's weights are its folder's")
+        return Pipeline.load_image(_model(a), ImageSettings(**image), tiny_vae, device=a.device, dtype=a.dtype)
+    if image or tiny_vae is not None:
+        flags = ", ".join("--" + k.replace("_", "-") for k in [*image, *(["tiny_vae"] if tiny_vae else [])])
+        raise InputError(f"{flags}: for diffusers image-model folders (model_index.json), not {_model(a)!r}")
     return Pipeline.load(
         _model(a), device=a.device, random_weights=a.random_weights, checkpoint=a.checkpoint, dtype=a.dtype
     )

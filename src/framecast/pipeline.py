@@ -30,9 +30,12 @@ from framecast.engine.live import Stream
 from framecast.errors import InputError, ModelLoadError
 from framecast.family.causal import CausalFamily
 from framecast.family.contract import ModelFamily
+from framecast.family.image import ImageFamily
+from framecast.family.image_settings import ImageSettings
 from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, load_autoencoder, save_autoencoder
 from framecast.models.checkpoint import load_dit, save_dit
 from framecast.models.config import preset
+from framecast.models.diffusers_image import is_image_folder, load_image_folder
 from framecast.models.dit import CausalWanDiT
 from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_encoder
 from framecast.models.wan_weights import load_wan_dit, locate
@@ -154,6 +157,10 @@ class Pipeline:
                 raise InputError("a checkpoint goes over a model folder's weights, not over --random-weights")
             return cls.random(model, device=device, text_encoder=text_encoder, dtype=dtype)
         folder = _resolve(model)
+        if is_image_folder(folder):  # a diffusers SD / SDXL folder: the per-frame image family
+            if checkpoint is not None:
+                raise InputError("--checkpoint is for causal DiT folders; an image model's weights are its folder's")
+            return cls.load_image(folder, device=device, dtype=dtype)
         if not (folder / PIPELINE_FILE).is_file():
             raise ModelLoadError(_not_a_model_folder(folder))
         cfg = PipelineConfig.from_dict(read_json(folder / PIPELINE_FILE, "pipeline config"))
@@ -177,6 +184,26 @@ class Pipeline:
         ae = TinyAutoencoder(AutoencoderConfig(latent_channels=dit.config.in_channels))
         enc = text_encoder or CachedTextEncoder(load_text_encoder("minilm"))
         return cls(dit, ae, enc, PipelineConfig(), device, dtype)
+
+    @classmethod
+    def load_image(
+        cls,
+        folder: str | Path,
+        settings: ImageSettings | None = None,
+        tiny_vae: str | Path | None = None,
+        device: str = "cpu",
+        dtype: str | torch.dtype | None = None,
+        fps: float = 24.0,
+    ) -> Pipeline:
+        """A diffusers image-model folder (SD 1.5/2.1, SD-Turbo, SDXL, LCM) as a per-frame stream
+        (`family.image`, docs/models.md): `settings` its size, timesteps and guidance; `tiny_vae` an
+        AutoencoderTiny folder to decode and encode with. Default steps: the t-index list's length, else 4 for
+        an LCM scheduler and 1 otherwise (Turbo models)."""
+        parts = load_image_folder(folder, tiny_vae)
+        settings = settings or ImageSettings()
+        fam = ImageFamily(parts, settings, torch.device(device), parse_dtype(dtype))
+        steps = len(settings.t_index) if settings.t_index else 4 if parts.scheduler.rule == "lcm" else 1
+        return cls.from_family(fam, PipelineConfig(fps=fps, text_encoder="clip", stream=StreamConfig(steps=steps)))
 
     def save(self, folder: str | Path) -> Path:
         if not isinstance(self.family, CausalFamily):

@@ -12,6 +12,7 @@ itself is `framecast.sampling.ddpm`.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,11 +155,18 @@ def _timesteps_of(cls: Any, cfg: dict[str, Any]) -> Callable[[int], list[int]]:
     """The scheduler's own timesteps for n steps (what a diffusers pipeline would run), as integers."""
 
     def timesteps(n: int) -> list[int]:
-        sched = cls.from_config(cfg)
+        sched = _scheduler(cls, cfg)
         sched.set_timesteps(n)
         return [round(float(t)) for t in sched.timesteps]
 
     return timesteps
+
+
+def _scheduler(cls: Any, cfg: dict[str, Any]) -> Any:
+    """A diffusers scheduler from its config, quietly (its advice on old configs is for the folder's author)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls.from_config(cfg)
 
 
 def _start_scale(cls: Any, cfg: dict[str, Any], alphas: Tensor) -> Callable[[int], float]:
@@ -167,7 +175,7 @@ def _start_scale(cls: Any, cfg: dict[str, Any], alphas: Tensor) -> Callable[[int
     is a little under 1 where diffusers takes sigma_max for sqrt(sigma_max^2 + 1) ("trailing", "linspace")."""
 
     def scale(n: int) -> float:
-        sched = cls.from_config(cfg)
+        sched = _scheduler(cls, cfg)
         sched.set_timesteps(n)
         sigma0 = float(sched.init_noise_sigma)
         if sigma0 == 1.0 or not hasattr(sched, "sigmas"):
