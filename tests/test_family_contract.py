@@ -1,10 +1,14 @@
-"""The model-family contract carries a per-frame IMAGE family (tests/image_family.py: a diffusers UNet, a TAESD,
-StreamDiffusion's stream batch over denoising steps) through the driver, `Stream`, `Pipeline` and the live server
-with no change to any of them (docs/architecture.md, "Adding a family: a worked example")."""
+"""The model-family contract carries the per-frame IMAGE family (`framecast.family.image`: a diffusers UNet, a
+TAESD, StreamDiffusion's stream batch over denoising steps), loaded from a tiny diffusers folder, through the
+driver, `Stream`, `Pipeline`, the live server and `bench` (docs/architecture.md, "Adding a family: a worked
+example"). Its scheduler facts and step math against diffusers' own pipelines are tests/test_image_peer.py."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,40 +17,32 @@ from torch import Tensor
 
 from framecast.engine import Stream
 from framecast.family.contract import ModelFamily
+from framecast.family.image import ImageFamily, ImageState
+from framecast.family.image_settings import ImageSettings
+from framecast.models.diffusers_image import ImageParts, load_image_folder
 from framecast.pipeline import Pipeline, PipelineConfig
+from framecast.sampling import ddpm
 from framecast.stream.config import StreamConfig
 from framecast.v2v import V2VConfig
-from tests.conftest import RandomTextEncoder
-from tests.image_family import (
-    ImageFamily,
-    ImageState,
-    alphas_cumprod,
-    ddim_step,
-    even_timesteps,
-    sdedit_timesteps,
-    t_index_timesteps,
-    tiny_unet,
-    tiny_vae,
-)
+from tests.image_models import save, save_taesd, sd_pipeline
 
 FPS = 24.0
 SIZE = (32, 32)
 CONFIG = PipelineConfig(fps=FPS, stream=StreamConfig(steps=3))  # the causal-only fields (clean pass, ...) unused
+FRESH = ImageSettings(noise="fresh")  # new noise for every frame (the default "fixed" reuses one draw)
+T_INDEX = (0, 16, 32, 45)  # StreamDiffusion's default t-index list of a 50-step grid
 
 
-def stream_diffusion_timesteps(steps: int) -> list[int]:
-    """StreamDiffusion's default t_index_list [0, 16, 32, 45] of a 50-step schedule, its first `steps`."""
-    return t_index_timesteps([0, 16, 32, 45][:steps])
-
-
-SCHEDULES = {"even": even_timesteps, "t_index": stream_diffusion_timesteps}
+def trailing_timesteps(steps: int) -> list[int]:
+    """DDIM's "trailing" timesteps from the top: 4 -> [999, 749, 499, 249] (diffusers rounds half to even)."""
+    return [round(1000 * (steps - i) / steps) - 1 for i in range(steps)]
 
 
 class RecordingFamily(ImageFamily):
     """The image family, keeping every finished latent per stream state (in the order they decode)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, parts: ImageParts, settings: ImageSettings | None = None) -> None:
+        super().__init__(parts, settings)
         self.finished: dict[int, tuple[ImageState, list[Tensor]]] = {}  # by id; the state kept, so ids stay unique
 
     def decode(self, states: Sequence[ImageState], latents: Sequence[Tensor]) -> list[np.ndarray]:
@@ -58,17 +54,29 @@ class RecordingFamily(ImageFamily):
         return self.finished.get(id(stream.state), (None, []))[1]
 
 
-def make_family(
-    timesteps: Callable[[int], list[int]] = even_timesteps, seed: int = 0, kind: type[ImageFamily] = ImageFamily
-) -> ImageFamily:
-    enc = RandomTextEncoder(dim=12, seq_len=4)
-    return kind(tiny_unet(seed), tiny_vae(seed), lambda text: enc.encode([text])[0], timesteps=timesteps)
+@dataclass(frozen=True)
+class Model:
+    """A tiny SD folder (DDIM, trailing spacing: deterministic steps from t = 999) and a TAESD folder."""
+
+    folder: Path
+    taesd: Path
+
+    def parts(self) -> ImageParts:
+        return load_image_folder(self.folder, tiny_vae=self.taesd)  # fresh modules: hooks stay with one test
+
+    def pipe(
+        self, settings: ImageSettings = FRESH, config: PipelineConfig = CONFIG
+    ) -> tuple[Pipeline, RecordingFamily]:
+        fam = RecordingFamily(self.parts(), settings)
+        return Pipeline.from_family(fam, config), fam
 
 
-def make_pipe(timesteps: Callable[[int], list[int]] = even_timesteps) -> tuple[Pipeline, RecordingFamily]:
-    fam = make_family(timesteps, kind=RecordingFamily)
-    assert isinstance(fam, RecordingFamily)
-    return Pipeline.from_family(fam, CONFIG), fam
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Model:
+    root = tmp_path_factory.mktemp("image-model")
+    pipe = sd_pipeline("ddim")
+    pipe.scheduler.register_to_config(timestep_spacing="trailing")  # one step runs from t = 999, not t = 1
+    return Model(save(pipe, root / "sd"), save_taesd(root / "taesd"))
 
 
 def reference_latents(
@@ -79,23 +87,24 @@ def reference_latents(
     n: int,
     inputs: Sequence[tuple[Tensor, float]] = (),
 ) -> list[Tensor]:
-    """The slow path: one frame at a time through all its steps, a UNet call of one row per step. `inputs`:
-    (latent (1, C, 1, h, w), strength) per frame for video to video (SDEdit)."""
-    g, ac = torch.Generator().manual_seed(seed), alphas_cumprod()
-    cond = fam.conditioner.embed(prompt)[None]  # (1, T, D)
+    """The slow path: one frame at a time through all its steps, the UNet called directly on one row per step,
+    DDIM steps by `sampling.ddpm`. `inputs`: (latent (1, C, 1, h, w), strength) per frame for video to video."""
+    g, ac = torch.Generator().manual_seed(seed), ddpm.alphas_cumprod()  # SD's scaled-linear betas
+    hidden = fam.prompts.encode(prompt)[0][None]  # (1, T, D)
     out = []
     for k in range(n):
         x = torch.randn((1, *fam.latent_shape), generator=g)
         ts = list(timesteps)
         if k < len(inputs):
             latent, strength = inputs[k]
-            ts = sdedit_timesteps(timesteps, strength)
-            x = (ac[ts[0]].sqrt() * latent[:, :, 0].double() + (1 - ac[ts[0]]).sqrt() * x.double()).float()
+            ts = ddpm.strength_timesteps(timesteps, strength)
+            x = ddpm.renoise(latent[:, :, 0], x, ac[ts[0] : ts[0] + 1]).float()
         for i, t in enumerate(ts):
-            a_next = ac[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, dtype=torch.float64)
+            a_next = ac[ts[i + 1] : ts[i + 1] + 1] if i + 1 < len(ts) else torch.ones(1, dtype=torch.float64)
             with torch.no_grad():
-                eps = fam.unet(x, torch.tensor([t]), encoder_hidden_states=cond).sample
-            x = ddim_step(x, eps, ac[t][None], a_next[None])
+                eps = fam.unet(x, torch.tensor([t]), encoder_hidden_states=hidden).sample
+            x0, eps = ddpm.split_prediction(x, eps, ac[t : t + 1], "epsilon")
+            x = ddpm.step("ode", x, x0, eps, torch.tensor([t]), a_next)
         out.append(x[0, :, None])
     return out
 
@@ -128,8 +137,8 @@ def mean_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # -- 1. the contract ----------------------------------------------------------------------------------------------
-def test_the_image_family_is_a_model_family_by_duck_typing() -> None:
-    fam = make_family()
+def test_the_image_family_is_a_model_family_by_duck_typing(model: Model) -> None:
+    fam = ImageFamily(model.parts(), FRESH)
     assert isinstance(fam, ModelFamily)  # runtime-checkable protocol: every member is there
     assert ModelFamily not in type(fam).__mro__  # structurally, not by inheritance
     typed: ModelFamily = fam  # and statically (mypy checks this line)
@@ -143,8 +152,8 @@ def test_the_image_family_is_a_model_family_by_duck_typing() -> None:
 
 
 # -- 2. Pipeline.from_family: stream, generate, seeds ---------------------------------------------------------------
-def test_pipeline_streams_and_generates_through_the_image_family() -> None:
-    pipe = Pipeline.from_family(make_family(), PipelineConfig(fps=FPS))  # the default StreamConfig: 4 steps
+def test_pipeline_streams_and_generates_through_the_image_family(model: Model) -> None:
+    pipe, _ = model.pipe(config=PipelineConfig(fps=FPS))  # the default StreamConfig: 4 steps
     assert pipe.frame_size == SIZE and pipe.frames_per_chunk == 1
     it = iter(pipe.stream("a red circle", seed=0))
     streamed = [next(it) for _ in range(6)]
@@ -159,49 +168,33 @@ def test_pipeline_streams_and_generates_through_the_image_family() -> None:
 
 
 # -- 3. the stream batch against the slow path ----------------------------------------------------------------------
-def test_ddim_step_is_diffusers_ddim() -> None:
-    """The scheduler: `ddim_step` over `even_timesteps` is diffusers' DDIMScheduler (trailing spacing, eta 0)."""
-    from diffusers.schedulers.scheduling_ddim import DDIMScheduler
-
-    g = torch.Generator().manual_seed(0)
-    for steps in (1, 2, 4):  # where diffusers' prev_timestep (t - 1000 // steps) is the next listed timestep
-        sched = DDIMScheduler(
-            beta_schedule="linear", beta_start=0.00085, beta_end=0.012, timestep_spacing="trailing",
-            set_alpha_to_one=True, clip_sample=False,
-        )  # fmt: skip
-        sched.set_timesteps(steps)
-        assert sched.timesteps.tolist() == even_timesteps(steps)
-        ac, x = alphas_cumprod(), torch.randn(2, 4, 8, 8, generator=g)
-        ours, theirs = x, x
-        for i, t in enumerate(even_timesteps(steps)):
-            eps = torch.randn(2, 4, 8, 8, generator=g)
-            nxt = ac[even_timesteps(steps)[i + 1]] if i + 1 < steps else torch.tensor(1.0, dtype=torch.float64)
-            ours = ddim_step(ours, eps, ac[t].expand(2), nxt.expand(2))
-            theirs = sched.step(eps, t, theirs, eta=0.0).prev_sample
-            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize(("schedule", "batch_steps"), [("even", True), ("t_index", True), ("even", False)])
-def test_stream_batch_and_sequential_equal_one_frame_at_a_time(schedule: str, batch_steps: bool) -> None:
-    pipe, fam = make_pipe(SCHEDULES[schedule])
+@pytest.mark.parametrize(("schedule", "batch_steps"), [("trailing", True), ("t_index", True), ("trailing", False)])
+def test_stream_batch_and_sequential_equal_one_frame_at_a_time(model: Model, schedule: str, batch_steps: bool) -> None:
+    """The folder scheduler's own timesteps (DDIM, trailing), or a t-index list (a family per steps count)."""
     calls = [0]
-    fam.network.register_forward_pre_hook(lambda m, a: calls.__setitem__(0, calls[0] + 1))
     for steps in (1, 2, 3, 4):
+        if schedule == "t_index":
+            pipe, fam = model.pipe(ImageSettings(noise="fresh", t_index=T_INDEX[:steps]))
+            timesteps = ddpm.t_index_timesteps(T_INDEX[:steps])
+        else:
+            pipe, fam = model.pipe()
+            timesteps = trailing_timesteps(steps)
+        fam.network.register_forward_pre_hook(lambda m, a: calls.__setitem__(0, calls[0] + 1))
+        before = calls[0]
         stream = pipe.stream("a red circle", seed=steps, steps=steps, batch_steps=batch_steps)
-        n, before = 4, calls[0]
+        n = 4
         run_until(pipe, fam, [stream], n)
         passes, got = calls[0] - before, fam.latents(stream)
         assert len(got) == n
-        ref = reference_latents(fam, "a red circle", steps, SCHEDULES[schedule](steps), n)
-        assert_latents_close(got, ref)
+        assert_latents_close(got, reference_latents(fam, "a red circle", steps, timesteps, n))
         # stream batch: one UNet call per frame after `steps - 1` of warm-up; sequential: `steps` per frame
-        assert passes == (n + steps - 1 if batch_steps else n * steps)
+        assert passes == (n + steps - 1 if batch_steps else n * steps) == fam.unet_calls
 
 
-def test_schedule_facts_the_front_ends_read_match_the_family() -> None:
+def test_schedule_facts_the_front_ends_read_match_the_family(model: Model) -> None:
     """What the server's admission (`chunk_units`), `bench` (`passes_per_chunk`, `warm_passes`) and lag bounds
     (`emit_delay`) read off the family's `schedule(cfg)` is what the image family does."""
-    pipe, fam = make_pipe()
+    pipe, fam = model.pipe()
     for batch_steps in (True, False):
         cfg = pipe.stream_config(steps=3, batch_steps=batch_steps)
         facts = fam.schedule(cfg)
@@ -225,8 +218,8 @@ def test_schedule_facts_the_front_ends_read_match_the_family() -> None:
 
 
 # -- 4. many streams in one driver step ---------------------------------------------------------------------------
-def test_three_streams_in_one_step_equal_each_alone_with_one_unet_call_per_step() -> None:
-    pipe, fam = make_pipe()
+def test_three_streams_in_one_step_equal_each_alone_with_one_unet_call_per_step(model: Model) -> None:
+    pipe, fam = model.pipe()
     specs = [("a red circle", 1, 2), ("a blue square", 2, 3), ("a green star", 3, 4)]
     calls = {"unet": 0, "decoder": 0}
     fam.network.register_forward_pre_hook(lambda m, a: calls.__setitem__("unet", calls["unet"] + 1))
@@ -252,8 +245,8 @@ def test_three_streams_in_one_step_equal_each_alone_with_one_unet_call_per_step(
 
 # -- 5. prompt switches and video to video ---------------------------------------------------------------------------
 @pytest.mark.parametrize("switch_passes", [0, 3])
-def test_set_prompt_changes_the_frames_admitted_after_it(switch_passes: int) -> None:
-    pipe, _ = make_pipe()
+def test_set_prompt_changes_the_frames_admitted_after_it(model: Model, switch_passes: int) -> None:
+    pipe, _ = model.pipe()
     steps, at, n = 3, 5, 12
     red = pipe.generate("a red circle", n, seed=2, steps=steps)
     blue = pipe.generate("a blue square", n, seed=2, steps=steps)
@@ -270,8 +263,8 @@ def test_set_prompt_changes_the_frames_admitted_after_it(switch_passes: int) -> 
             assert mean_diff(mixed[k], red[k]) > 0 and mean_diff(mixed[k], blue[k]) > 0
 
 
-def test_set_prompt_on_a_live_stream_with_a_blend() -> None:
-    pipe, _ = make_pipe()
+def test_set_prompt_on_a_live_stream_with_a_blend(model: Model) -> None:
+    pipe, _ = model.pipe()
     red = pipe.generate("a red circle", 10, seed=4, steps=2)
     blue = pipe.generate("a blue square", 10, seed=4, steps=2)
     stream = pipe.stream("a red circle", seed=4, steps=2)
@@ -294,8 +287,8 @@ def _moving_square(n: int, offset: int = 0) -> np.ndarray:
     return clip
 
 
-def test_video_to_video_one_output_frame_per_input_frame_equal_to_sdedit_reference() -> None:
-    pipe, fam = make_pipe()
+def test_video_to_video_one_output_frame_per_input_frame_equal_to_sdedit_reference(model: Model) -> None:
+    pipe, fam = model.pipe()
     clip = _moving_square(5)
     v2v = V2VConfig.fixed(0.5, skip_similar=False)
     stream = pipe.video_stream("a blue square", clip, seed=6, v2v=v2v, steps=2)
@@ -304,7 +297,7 @@ def test_video_to_video_one_output_frame_per_input_frame_equal_to_sdedit_referen
     stats = stream.input_stats
     assert stats is not None and stats.frames_in == stats.frames_out == len(clip) and stats.model_chunks == len(clip)
     inputs = [(fam.encode(f[None]), 0.5) for f in clip]
-    ref = reference_latents(fam, "a blue square", 6, even_timesteps(2), len(clip), inputs)
+    ref = reference_latents(fam, "a blue square", 6, trailing_timesteps(2), len(clip), inputs)
     assert_latents_close(fam.latents(stream)[: len(clip)], ref)  # after them: the drain's padding frame
     other = list(pipe.video_stream("a blue square", _moving_square(5, offset=10), seed=6, v2v=v2v, steps=2))
     assert mean_diff(np.stack(out), np.stack(other)) > 1  # the input shows through
@@ -315,10 +308,10 @@ def test_video_to_video_one_output_frame_per_input_frame_equal_to_sdedit_referen
 
 
 # -- 6. the live server ----------------------------------------------------------------------------------------------
-def test_a_server_session_streams_the_image_family() -> None:
+def test_a_server_session_streams_the_image_family(model: Model) -> None:
     from tests.test_server_support import Client, running  # skips without the server extra
 
-    pipe, _ = make_pipe()
+    pipe, _ = model.pipe()
     ref = pipe.generate("a red circle", 8, seed=3, steps=2)
     with running(pipe) as srv:
         c = Client(srv.ws_url)
@@ -340,14 +333,55 @@ def test_a_server_session_streams_the_image_family() -> None:
     assert mean_diff(np.stack([f for _, f in c.frames[36:40]]), red_late) > 2  # the new prompt shows
 
 
+SESSIONS = [("a red circle", 1, 2), ("a blue square", 2, 2), ("a green star", 3, 3), ("a white circle", 4, 1)]
+
+
+def test_four_server_sessions_on_one_image_model_each_get_only_their_own_frames_equal_to_alone(model: Model) -> None:
+    """Four sessions at once (prompts, seeds and steps of their own) share the model's passes; each gets its own
+    frames, in order, equal to `pipe.generate` of its prompt and seed (lossless raw frames, loopback only)."""
+    from tests.test_server_support import Client, running  # skips without the server extra
+
+    pipe, _ = model.pipe()
+    n = 10
+    refs = [pipe.generate(p, n, seed=s, steps=k) for p, s, k in SESSIONS]
+    clients: dict[int, Client] = {}
+
+    def session(url: str, prompt: str, seed: int, steps: int) -> None:
+        c = Client(url)
+        try:
+            c.message("hello")
+            c.send({"type": "start", "prompt": prompt, "seed": seed, "steps": steps, "fps": 200, "format": "raw"})
+            c.wait_for(lambda c: len(c.frames) >= n)
+            clients[seed] = c
+        finally:
+            c.close()
+
+    with running(pipe) as srv:
+        threads = [threading.Thread(target=session, args=(srv.ws_url, *spec)) for spec in SESSIONS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        shared = srv.app.state.manager.engine.max_rows
+    assert len(clients) == len(SESSIONS), "a session did not get its frames in time"
+    assert shared >= 2, "the sessions never shared a pass"
+    for (_, seed, _), ref in zip(SESSIONS, refs, strict=True):
+        frames = clients[seed].frames
+        assert [i for i, _ in frames[:n]] == list(range(n))  # no gaps, no foreign frames
+        assert_frames_close([f for _, f in frames[:n]], ref)
+    for i, ref in enumerate(refs):  # the sessions really differ, so equality above means isolation
+        for other in refs[i + 1 :]:
+            assert mean_diff(ref, other) > 2
+
+
 # -- 7. bench ----------------------------------------------------------------------------------------------------------
 @pytest.mark.slow  # a few seconds of benchmark rounds
-def test_bench_measures_the_image_family() -> None:
+def test_bench_measures_the_image_family(model: Model) -> None:
     """`framecast bench`'s library call hooks `family.network` and replays its recorded UNet calls (no timed
     assertions: only that both schedules ran with the passes per frame this family takes)."""
     from framecast.bench import run_bench
 
-    pipe = Pipeline.from_family(make_family(), CONFIG)
+    pipe, _ = model.pipe()
     r = run_bench("image-family", pipeline=pipe, seconds=0.2, progress=False, threads=1)
     assert r.frame_size == SIZE and r.frames_per_chunk == 1 and r.steps == 3
     assert (r.stream_batch.passes_per_chunk, r.sequential.passes_per_chunk) == (1, 3)
