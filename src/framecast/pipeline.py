@@ -32,13 +32,20 @@ from framecast.family.causal import CausalFamily
 from framecast.family.contract import ModelFamily
 from framecast.family.image import ImageFamily
 from framecast.family.image_settings import ImageSettings
-from framecast.models.autoencoder import AutoencoderConfig, TinyAutoencoder, load_autoencoder, save_autoencoder
+from framecast.family.wan import WanOptions, is_wan_folder, load_wan
+from framecast.models.autoencoder import (
+    AutoencoderConfig,
+    StreamingAutoencoder,
+    TinyAutoencoder,
+    load_autoencoder,
+    save_autoencoder,
+)
 from framecast.models.checkpoint import load_dit, save_dit
 from framecast.models.config import preset
 from framecast.models.diffusers_image import is_image_folder, load_image_folder
 from framecast.models.dit import CausalWanDiT
 from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_encoder
-from framecast.models.wan_weights import load_wan_dit, locate
+from framecast.models.wan_weights import load_wan_dit
 from framecast.models.weights import read_json
 from framecast.stream.config import StreamConfig
 from framecast.v2v.controller import MotionConfig
@@ -109,7 +116,7 @@ class Pipeline:
     def __init__(
         self,
         dit: CausalWanDiT,
-        autoencoder: TinyAutoencoder,
+        autoencoder: StreamingAutoencoder,
         text_encoder: TextEncoder,
         config: PipelineConfig | None = None,
         device: str | torch.device = "cpu",
@@ -144,8 +151,11 @@ class Pipeline:
         text_encoder: TextEncoder | None = None,
         checkpoint: str | Path | None = None,
         dtype: str | torch.dtype | None = None,
+        wan: WanOptions | None = None,
     ) -> Pipeline:
-        """A built-in model by name, or a local model folder. `random_weights` builds the named preset untrained.
+        """A built-in model by name, a framecast model folder or a Wan2.1 folder (docs/models.md: the original or
+        the diffusers layout; `wan`: its frame size and chunk, default 480 x 832, 3 latent frames).
+        `random_weights` builds the named preset untrained.
 
         `checkpoint`: a causal checkpoint file applied over the folder's DiT (`models.wan_weights`: a torch file
         with `generator_ema`, `generator`, `state_dict`, `model` or bare weights, `model.` prefixes, a
@@ -162,7 +172,10 @@ class Pipeline:
                 raise InputError("--checkpoint is for causal DiT folders; an image model's weights are its folder's")
             return cls.load_image(folder, device=device, dtype=dtype)
         if not (folder / PIPELINE_FILE).is_file():
-            raise ModelLoadError(_not_a_model_folder(folder))
+            if not is_wan_folder(folder):
+                raise ModelLoadError(_not_a_model_folder(folder))
+            dit, vae, enc = load_wan(folder, checkpoint, wan, device, parse_dtype(dtype), text_encoder)
+            return cls(dit, vae, enc, PipelineConfig(text_encoder="umt5"), device, dtype)
         cfg = PipelineConfig.from_dict(read_json(folder / PIPELINE_FILE, "pipeline config"))
         dit = load_dit(folder / "dit") if checkpoint is None else load_wan_dit(folder / "dit", checkpoint)
         ae = load_autoencoder(folder / cfg.autoencoder)
@@ -208,6 +221,8 @@ class Pipeline:
     def save(self, folder: str | Path) -> Path:
         if not isinstance(self.family, CausalFamily):
             raise InputError(f"saving a model folder is for the causal DiT family, not {type(self.family).__name__}")
+        if not isinstance(self.autoencoder, TinyAutoencoder):
+            raise InputError("saving a model folder is for framecast's own models; a Wan2.1 folder loads as it is")
         out = Path(folder)
         out.mkdir(parents=True, exist_ok=True)
         save_dit(self.dit, out / "dit")
@@ -313,6 +328,7 @@ class Pipeline:
         """Collect `num_frames` frames: (T, H, W, 3) uint8."""
         return np.stack(list(self.frames(prompt, num_frames, seed, prompt_at, config, **fields)))
 
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -326,18 +342,12 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
 
 
 def _not_a_model_folder(folder: Path) -> str:
-    """What a folder without framecast.json is, said plainly (a Wan2.1 folder is recognised)."""
-    try:
-        _, layout = locate(folder)
-    except ModelLoadError:
-        layout = ""
-    if layout in ("wan", "diffusers"):
-        return (
-            f"{folder} is a Wan2.1 folder ({layout} layout): its DiT loads (framecast.models.wan_weights), but its "
-            f"VAE and UMT5 text encoder do not run in framecast yet; a model folder holds {PIPELINE_FILE}, dit/, "
-            "autoencoder/ (pass a Wan checkpoint over one with --checkpoint)"
-        )
-    return f"{folder / PIPELINE_FILE} not found (a model folder holds {PIPELINE_FILE}, dit/, autoencoder/)"
+    """What a folder that is neither a framecast model folder nor a Wan2.1 folder lacks, said plainly."""
+    return (
+        f"{folder / PIPELINE_FILE} not found: a framecast model folder holds {PIPELINE_FILE}, dit/, autoencoder/; "
+        "a Wan2.1 folder holds config.json + diffusion_pytorch_model*.safetensors (original) or transformer/ "
+        "(diffusers), see docs/models.md"
+    )
 
 
 def _resolve(model: str) -> Path:

@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from framecast.errors import InputError, ModelLoadError
+from framecast.models.autoencoder import StreamingAutoencoder
 from framecast.models.dit import CausalWanDiT
+from framecast.models.taehv import load_tiny_decoder
 from framecast.models.text import CachedTextEncoder, TextEncoder
 from framecast.models.umt5 import WAN_T5_FILES, WAN_TOKENIZER, load_wan_text_encoder
-from framecast.models.wan_vae import WanVAE
 from framecast.models.wan_vae_weights import ORIGINAL_VAE_FILES, load_wan_vae
 from framecast.models.wan_weights import load_wan_dit, locate
 
@@ -34,12 +35,14 @@ from framecast.models.wan_weights import load_wan_dit, locate
 @dataclass(frozen=True)
 class WanOptions:
     """What a Wan folder does not say: the frame size in pixels (multiples of 16), latent frames per chunk (3 as
-    Self-Forcing and CausVid, 1 as StreamDiffusionV2), and the VAE's dtype (float32 as WanPipeline runs it)."""
+    Self-Forcing and CausVid, 1 as StreamDiffusionV2), the VAE's dtype (float32 as WanPipeline runs it), and a
+    TAEHV file (`taew2_1.pth`) to decode with instead of the VAE's decoder (the VAE still encodes inputs)."""
 
     height: int = 480
     width: int = 832
     chunk_frames: int = 3
     vae_dtype: torch.dtype = torch.float32
+    tiny_decoder: str | Path | None = None
 
     def __post_init__(self) -> None:
         for name in ("height", "width"):
@@ -98,7 +101,7 @@ def load_wan(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     text_encoder: TextEncoder | None = None,
-) -> tuple[CausalWanDiT, WanVAE, TextEncoder]:
+) -> tuple[CausalWanDiT, StreamingAutoencoder, TextEncoder]:
     """The DiT (with `checkpoint` over it), VAE and text encoder of a Wan folder, for `CausalFamily`.
 
     `dtype`: the DiT's (default bfloat16 on CUDA, float32 elsewhere); the text encoder runs in bfloat16 when the
@@ -108,6 +111,7 @@ def load_wan(
     dev = torch.device(device)
     dt = dtype or (torch.bfloat16 if dev.type == "cuda" else torch.float32)
     vae = load_wan_vae(files.vae, opts.vae_dtype)
+    ae: StreamingAutoencoder = vae if opts.tiny_decoder is None else load_tiny_decoder(opts.tiny_decoder, vae)
     sf = vae.spatial_factor
     dit = load_wan_dit(
         files.folder, checkpoint, dtype=dt, device=dev, chunk_frames=opts.chunk_frames,
@@ -116,4 +120,4 @@ def load_wan(
     if text_encoder is None:
         t5_dtype = torch.bfloat16 if dt in (torch.bfloat16, torch.float16) else torch.float32
         text_encoder = CachedTextEncoder(load_wan_text_encoder(files.text_encoder, files.tokenizer, dev, t5_dtype))
-    return dit, vae, text_encoder
+    return dit, ae, text_encoder

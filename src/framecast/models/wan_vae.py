@@ -15,7 +15,7 @@ stream's chunks decode (and encode) to exactly what one offline call over the wh
 
 Several streams decode in one call of the decoder per latent frame: their caches are stacked along the batch
 (streams whose caches have the same shapes: `ConvCache.phase`) and split again after. Memory: a decoder cache
-holds two frames of every causal conv's input, about 2.8 GB per stream at 480 x 832 in float32 (`nbytes`).
+holds two frames of every causal conv's input: 3.5 GiB per stream at 480 x 832 in float32 (`nbytes`).
 """
 
 from __future__ import annotations
@@ -238,6 +238,12 @@ class WanVAE(nn.Module):
 
     @torch.no_grad()
     def encode(self, frames: Tensor) -> Tensor:
-        """Frames (B, 3, 1 + 4 k, H, W) in [-1, 1] -> latent (B, C, 1 + k, h, w): a clip from a stream's start."""
+        """Frames (B, 3, 1 + 4 k, H, W) in [-1, 1] -> latent (B, C, 1 + k, h, w): a clip from a stream's start.
+
+        A clip of 4 k frames (a video-to-video chunk, encoded on its own) gives k latent frames the same way: its
+        first frame alone, then groups of four, its last three frames left out."""
         x = check_frames(frames, self, whole_groups=False)
+        tf = self.temporal_factor
+        if x.shape[2] % tf == 0:
+            x = x[:, :, : x.shape[2] - tf + 1]
         return torch.stack(self.encode_chunks(list(x), [self.new_encoder_state() for _ in x]))
