@@ -261,8 +261,8 @@ class ImageFamily:
             noise = torch.cat([self._step_noise(st, f) for st, f in rows])
         x_next = ddpm.step(self.sched.rule, x, x0, eps, t.to(x.device), a_next, noise)
         carried = eps if noise is None else noise.double()
-        for i, (_, f) in enumerate(rows):
-            f.residual = carried[i : i + 1]
+        for i, (st, f) in enumerate(rows):  # only residual CFG reads it: a copy of the row, not a view of the batch
+            f.residual = carried[i : i + 1].clone() if st.cfg.guided and self.settings.cfg_type != "full" else None
         return x_next
 
     def _step_noise(self, st: ImageState, f: Frame) -> Tensor:
