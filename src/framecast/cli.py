@@ -88,10 +88,6 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
         raise InputError(f"{flag} expects comma-separated integers, e.g. 0,16,32,45, got {text!r}") from None
 
 
-
-
-
-
 def _load(a: argparse.Namespace) -> Pipeline:
     """The model the command line names (--model, --random-weights, --device, --checkpoint, --dtype)."""
     from framecast.models.diffusers_image import is_image_folder
@@ -142,6 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="measure speed of a model on this machine")
     b.add_argument("--seconds", type=float, default=5.0, help="time per measurement (default: 5)")
     b.add_argument("--steps", type=int, default=None)
+    b.add_argument("--guidance", type=float, default=None,
+                   help="measure guided streams at this scale (image models: as --cfg-type says)")
     b.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     _model_args(b)
     _train_args(sub.add_parser("train", help="train the built-in model on the procedural world"))
@@ -329,9 +327,11 @@ def _bench(a: argparse.Namespace) -> None:
 
     if a.json is not None and not a.json.parent.resolve().is_dir():
         raise InputError(f"cannot write {a.json}: folder {a.json.parent} does not exist")
-    result = run_bench(
-        model=_model(a), random_weights=a.random_weights, seconds=a.seconds, steps=a.steps, pipeline=_load(a)
-    )
+    pipe = _load(a)
+    if a.guidance is not None:  # the model's stream settings, guided
+        pipe.config = dataclasses.replace(pipe.config, stream=pipe.stream_config(guidance=a.guidance))
+    model, seconds = _model(a), a.seconds
+    result = run_bench(model=model, random_weights=a.random_weights, seconds=seconds, steps=a.steps, pipeline=pipe)
     print(format_table(result))
     if a.json is not None:
         a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
