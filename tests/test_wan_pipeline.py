@@ -154,7 +154,9 @@ def _fails(folder: Path, match: str) -> str:
     return msg
 
 
-def test_missing_parts_are_named(wan: tuple[WanParts, dict[str, Path]], tmp_path: Path) -> None:
+def test_missing_parts_are_named(
+    wan: tuple[WanParts, dict[str, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, f = wan
     o = f["original"]
     _fails(
@@ -180,5 +182,10 @@ def test_missing_parts_are_named(wan: tuple[WanParts, dict[str, Path]], tmp_path
     _without(o, tmp_path / "i")
     t5.write_bytes(t5.read_bytes()[:2000])
     _fails(tmp_path / "i", "UMT5 encoder weights .*models_t5_umt5-xxl-enc-bf16.pth is truncated or not a torch file")
+    from framecast.cli import main  # the CLI says it on one line, without a traceback
+
+    assert main(["generate", "x", "-o", str(tmp_path / "o.mp4"), "--model", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "no Wan VAE in the Wan folder" in err, err
     (tmp_path / "empty").mkdir()
     _fails(tmp_path / "empty", "framecast.json not found: .*a Wan2.1 folder holds config.json")
