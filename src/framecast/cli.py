@@ -60,6 +60,10 @@ def _image_args(g: argparse._ArgumentGroup) -> None:
     g.add_argument("--feedback", type=float, default=None,
                    help="video to video: weight of the last output latent blended into each input (0)")
     g.add_argument("--tiny-vae", default=None, metavar="DIR", help="an AutoencoderTiny (TAESD) folder to use")
+    g.add_argument("--lora", action="append", default=[], metavar="FILE[:STRENGTH]",
+                   help="a LoRA .safetensors merged at load (repeatable; strength default 1)")
+    g.add_argument("--scheduler", default=None, metavar="CLASS",
+                   help="a diffusers scheduler class to run instead of the folder's, e.g. LCMScheduler (LCM LoRA)")
 
 
 def _image_settings(a: argparse.Namespace) -> dict[str, Any]:
@@ -71,6 +75,17 @@ def _image_settings(a: argparse.Namespace) -> dict[str, Any]:
         "t_index": None if a.t_index is None else _int_list(a.t_index, "--t-index"),
     }  # fmt: skip
     return {k: v for k, v in named.items() if v is not None}
+
+
+def _lora(text: str) -> tuple[str, float]:
+    """`FILE[:STRENGTH]` -> (file, strength)."""
+    path, sep, strength = text.rpartition(":")
+    if not sep or not path:
+        return text, 1.0
+    try:
+        return path, float(strength)
+    except ValueError:
+        return text, 1.0  # a colon in the path itself
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -94,15 +109,21 @@ def _load(a: argparse.Namespace) -> Pipeline:
     from framecast.pipeline import Pipeline
 
     image = _image_settings(a) if hasattr(a, "tiny_vae") else {}
-    tiny_vae = getattr(a, "tiny_vae", None)
+    tiny_vae, lora, scheduler = getattr(a, "tiny_vae", None), getattr(a, "lora", []), getattr(a, "scheduler", None)
     if is_image_folder(Path(_model(a))) and not a.random_weights:
         from framecast.family.image_settings import ImageSettings
 
         if a.checkpoint is not None:
             raise InputError("--checkpoint is for causal DiT folders; an image model's weights are its folder's")
-        return Pipeline.load_image(_model(a), ImageSettings(**image), tiny_vae, device=a.device, dtype=a.dtype)
-    if image or tiny_vae is not None:
-        flags = ", ".join("--" + k.replace("_", "-") for k in [*image, *(["tiny_vae"] if tiny_vae else [])])
+        loras = [_lora(text) for text in lora]
+        settings = ImageSettings(**image)
+        return Pipeline.load_image(
+            _model(a), settings, tiny_vae, device=a.device, dtype=a.dtype, loras=loras, scheduler=scheduler
+        )
+    named = {"tiny_vae": tiny_vae, "lora": lora, "scheduler": scheduler}
+    extras = [*image, *(k for k, v in named.items() if v)]
+    if extras:
+        flags = ", ".join("--" + k.replace("_", "-") for k in extras)
         raise InputError(f"{flags}: for diffusers image-model folders (model_index.json), not {_model(a)!r}")
     return Pipeline.load(
         _model(a), device=a.device, random_weights=a.random_weights, checkpoint=a.checkpoint, dtype=a.dtype

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -207,12 +207,16 @@ class Pipeline:
         device: str = "cpu",
         dtype: str | torch.dtype | None = None,
         fps: float = 24.0,
+        loras: Sequence[tuple[str | Path, float]] = (),
+        scheduler: str | None = None,
     ) -> Pipeline:
         """A diffusers image-model folder (SD 1.5/2.1, SD-Turbo, SDXL, LCM) as a per-frame stream
         (`family.image`, docs/models.md): `settings` its size, timesteps and guidance; `tiny_vae` an
-        AutoencoderTiny folder to decode and encode with. Default steps: the t-index list's length, else 4 for
+        AutoencoderTiny folder to decode and encode with; `loras` (file, strength) pairs merged at load (an LCM
+        LoRA: with `scheduler="LCMScheduler"`, the diffusers scheduler class run instead of the folder's). Default
+        steps: the t-index list's length, else 4 for
         an LCM scheduler and 1 otherwise (Turbo models)."""
-        parts = load_image_folder(folder, tiny_vae)
+        parts = load_image_folder(folder, tiny_vae, loras, scheduler)
         settings = settings or ImageSettings()
         fam = ImageFamily(parts, settings, torch.device(device), parse_dtype(dtype))
         steps = len(settings.t_index) if settings.t_index else 4 if parts.scheduler.rule == "lcm" else 1

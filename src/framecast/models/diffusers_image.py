@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from framecast.errors import MissingExtraError, ModelLoadError
 from framecast.models.image_text import ClipPrompts
+from framecast.models.lora import merge_lora, read_lora
 from framecast.models.text import _no_progress_bar, _transformers
 from framecast.models.weights import read_json
 from framecast.sampling.ddpm import PREDICTIONS, Prediction, StepRule, alphas_cumprod
@@ -128,13 +129,14 @@ def _load(cls: Any, sub: Path, stem: str) -> Any:
     return model
 
 
-def load_scheduler(folder: Path) -> SchedulerFacts:
-    """The folder's `scheduler/scheduler_config.json` as `SchedulerFacts` (its own timesteps from diffusers)."""
+def load_scheduler(folder: Path, override: str | None = None) -> SchedulerFacts:
+    """The folder's `scheduler/scheduler_config.json` as `SchedulerFacts` (its own timesteps from diffusers);
+    `override` names another diffusers scheduler class run with that config (LCMScheduler for an LCM LoRA)."""
     path = component(folder, "scheduler", "scheduler config") / "scheduler_config.json"
     if not path.is_file():
         raise ModelLoadError(f"{path.parent} has no scheduler_config.json")
     cfg = read_json(path, "scheduler config")
-    name = str(cfg.get("_class_name", ""))
+    name = override or str(cfg.get("_class_name", ""))
     prediction = cfg.get("prediction_type", "epsilon")
     if prediction not in PREDICTIONS:
         raise ModelLoadError(f"{path}: prediction_type {prediction!r} is not one of {', '.join(PREDICTIONS)}")
@@ -185,9 +187,15 @@ def _start_scale(cls: Any, cfg: dict[str, Any], alphas: Tensor) -> Callable[[int
     return scale
 
 
-def load_image_folder(folder: str | Path, tiny_vae: str | Path | None = None) -> ImageParts:
+def load_image_folder(
+    folder: str | Path,
+    tiny_vae: str | Path | None = None,
+    loras: Sequence[tuple[str | Path, float]] = (),
+    scheduler: str | None = None,
+) -> ImageParts:
     """A diffusers SD / SDXL pipeline folder -> `ImageParts` (float32, CPU). `tiny_vae`: an AutoencoderTiny
-    (TAESD / TAESDXL) folder used instead of the folder's VAE."""
+    (TAESD / TAESDXL) folder used instead of the folder's VAE. `loras`: (LoRA file, strength) merged in order.
+    `scheduler`: a diffusers scheduler class name to run instead of the folder's (with its config)."""
     root = Path(folder)
     if not root.is_dir():
         raise ModelLoadError(f"model folder not found: {root}")
@@ -201,7 +209,17 @@ def load_image_folder(folder: str | Path, tiny_vae: str | Path | None = None) ->
     encoders = [_text_encoder(root, enc, tok, kind) for enc, tok in names]
     prompts = ClipPrompts(encoders, sdxl=kind == "sdxl", zero_empty=_force_zeros(root, kind))
     _check_parts(root, unet, vae, prompts)
-    return ImageParts(kind, unet, vae, prompts, load_scheduler(root), root)
+    for path, strength in loras:
+        _merge(path, strength, {"unet": unet} | {n: m for (n, _), (_, m) in zip(names, encoders, strict=True)})
+    return ImageParts(kind, unet, vae, prompts, load_scheduler(root, scheduler), root)
+
+
+def _merge(path: str | Path, strength: float, models: dict[str, Any]) -> None:
+    """One LoRA file into the parts it names (unet, text_encoder, text_encoder_2)."""
+    for part, pairs in read_lora(path).items():
+        if part not in models:
+            raise ModelLoadError(f"{path}: the LoRA has weights for {part!r}, which this model does not have")
+        merge_lora(models[part], pairs, strength, where=part)
 
 
 def _tiny_folder(path: Path) -> Path:
