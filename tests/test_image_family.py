@@ -198,3 +198,14 @@ def test_the_cli_runs_an_image_folder_and_says_what_is_wrong(folders: dict[str, 
     assert out.stat().st_size > 0
     assert main([*args, "--size", "41x40"]) == 2
     assert main(["generate", "x", "--cfg-type", "full", "--seconds", "0.1", "-o", str(out)]) == 2
+
+
+# -- reduced precision ---------------------------------------------------------------------------------------------
+def test_bfloat16_streams_close_to_float32(folders: dict[str, Path]) -> None:
+    """The UNet, VAE and text encoder in bfloat16 (as fp16/bf16 run on a GPU): same frames within a few levels
+    on average; latents stay float32 between steps."""
+    full = pipe_of(folders["lcm"]).generate("a red circle", 4, seed=1)
+    fam = ImageFamily(load_image_folder(folders["lcm"]), ImageSettings(), dtype=torch.bfloat16)
+    half = Pipeline.from_family(fam, PipelineConfig(stream=StreamConfig(steps=2))).generate("a red circle", 4, seed=1)
+    diff = np.abs(full.astype(np.int16) - half.astype(np.int16))
+    assert diff.mean() < 1.5 and diff.max() <= 12 and half.std() > 10, (diff.mean(), diff.max())
