@@ -177,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
     _eval_v2v_args(sub.add_parser("eval-v2v", help="video-to-video figures of a model on the procedural world"))
     _serve_args(sub.add_parser("serve", help="serve the browser UI and live streams"))
     _bench_serve_args(sub.add_parser("bench-serve", help="load-test the live server on loopback"))
+    _replicas_args(sub.add_parser("replicas", help="serve N local replicas behind nginx on one port"))
     return ap
 
 
@@ -554,6 +555,59 @@ def _bench_serve(a: argparse.Namespace) -> None:
         a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
+def _replicas_args(r: argparse.ArgumentParser) -> None:
+    _serve_args(r)  # --host and --port are nginx's; every other option goes to each replica
+    r.add_argument("--replicas", type=int, default=2, help="number of `framecast serve` processes (default: 2)")
+    r.add_argument("--first-port", type=int, default=None,
+                   help="loopback port of the first replica, the next ones follow (default: --port + 1)")
+    r.add_argument("--devices", default=None, metavar="DEV,DEV,..",
+                   help="one torch device per replica, e.g. cuda:0,cuda:1 (default: --device for all)")
+    r.add_argument("--print-config", action="store_true",
+                   help="print nginx's framecast configuration (an http-level include) and exit")
+    r.add_argument("--backends", default=None, metavar="HOST:PORT,..",
+                   help="with --print-config: replicas already running elsewhere (default: the local ones)")
+
+
+def _serve_argv(a: argparse.Namespace) -> list[str]:
+    """The `framecast serve` options of `a` that differ from serve's defaults (host, port, device excepted)."""
+    s = argparse.ArgumentParser()
+    _serve_args(s)
+    argv: list[str] = []
+    for act in s._actions:
+        value = getattr(a, act.dest, act.default)
+        if not act.option_strings or act.dest in ("help", "host", "port", "device") or value == act.default:
+            continue
+        flag = act.option_strings[-1]
+        if act.nargs == 0:  # store_true
+            argv.append(flag)
+        else:
+            argv += [x for v in (value if isinstance(value, list) else [value]) for x in (flag, str(v))]
+    return argv
+
+
+def _backend(text: str) -> tuple[str, int]:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise InputError(f"--backends expects HOST:PORT,HOST:PORT,..., got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _replicas(a: argparse.Namespace) -> None:
+    from framecast.server import ServerSettings  # noqa: F401  (checks the server extra first)
+    from framecast.server.nginx import render_http
+    from framecast.server.replicas import LOOPBACK, run_replicas
+
+    first = a.port + 1 if a.first_port is None else a.first_port
+    if a.print_config:
+        backends = [(LOOPBACK, first + i) for i in range(a.replicas)]
+        if a.backends:
+            backends = [_backend(b) for b in a.backends.split(",")]
+        print(render_http(backends, a.host, a.port, "/var/log/nginx/framecast.access.log"), end="")
+        return
+    devices = [a.device] * a.replicas if a.devices is None else a.devices.split(",")
+    run_replicas(a.replicas, a.host, a.port, first, devices, _serve_argv(a))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -565,6 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "eval-v2v": _eval_v2v,
             "serve": _serve,
             "bench-serve": _bench_serve,
+            "replicas": _replicas,
         }[args.command](args)
     except FramecastError as e:
         print(f"framecast: error: {e}", file=sys.stderr)

@@ -84,6 +84,7 @@ def _routes(app: FastAPI, manager: SessionManager, rtc: RtcHub) -> None:
             "sessions": len(manager.sessions),
             "streaming": sum(s.streaming for s in manager.sessions.values()),
             "passes": manager.engine.passes,
+            "replica": manager.settings.replica,
         }
         return JSONResponse(body, status_code=200 if ok else 503)
 

@@ -250,6 +250,7 @@ class SessionManager:
         return {
             "type": "hello",
             "session": s.id,
+            "replica": self.settings.replica,
             "frame_size": [h, w],
             "frames_per_chunk": self.pipeline.frames_per_chunk,
             "defaults": {"fps": self.default_fps, "steps": self.default_steps},

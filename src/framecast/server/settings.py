@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import socket
 from dataclasses import dataclass
 
 from framecast.errors import InputError
@@ -84,6 +85,11 @@ class ServerSettings:
             raise InputError("log_lines must be at least 1 and log_window_s positive")
         if self.ws_max_bytes < MAX_CONTROL_BYTES:
             raise InputError(f"ws_max_bytes must be at least {MAX_CONTROL_BYTES}")
+
+    @property
+    def replica(self) -> str:
+        """Names this server among replicas behind one endpoint (hello, /healthz): its host name and port."""
+        return f"{socket.gethostname()}:{self.port}"
 
     @property
     def loopback(self) -> bool:
