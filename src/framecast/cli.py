@@ -284,19 +284,36 @@ def _generate(a: argparse.Namespace) -> None:
     changes = [_prompt_at(x) for x in a.prompt_at]
     _v2v_config(a)  # checked before the model loads
     source = _open_input(a) if a.input is not None else None  # a bad input file costs nothing either
+    from framecast.engine import parallel
+    from framecast.pipeline import Pipeline
+
+    env = parallel.torchrun_env()  # launched by torchrun: this process is one stage of the DiT (docs/parallel.md)
+    if env is not None:
+        a.device = parallel.init(env, a.device)
     pipe = _load(a)
     v2v = _v2v_config(a, pipe.motion_config())
     cfg = pipe.stream_config(batch_steps=not a.sequential, **_sampling_overrides(a))  # checked before any file opens
+    write = _write
+    if env is not None:
+        pipe = Pipeline.from_family(parallel.staged(pipe.family, env, cfg), pipe.config)
+        write = _write if env.rank == env.world - 1 else _drain  # the last stage decodes; the others' are blanks
     if source is None:
         fps = a.fps or pipe.config.fps
         total = max(1, round((a.seconds or 4.0) * fps))
         frames = pipe.frames(a.prompt, total, a.seed, [(round(s * fps), p) for s, p in changes], cfg)
-        _write(a.output, frames, fps, pipe.frame_size, total)
-        return
-    fps = a.fps or source.fps or pipe.config.fps
-    stream = pipe.video_stream(a.prompt, source, a.seed, v2v, cfg)
-    _write(a.output, _switching(stream, [(round(s * fps), p) for s, p in changes]), fps, pipe.frame_size, None)
-    print(_v2v_report(stream, cfg, pipe.frames_per_chunk), file=sys.stderr)
+        write(a.output, frames, fps, pipe.frame_size, total)
+    else:
+        fps = a.fps or source.fps or pipe.config.fps
+        stream = pipe.video_stream(a.prompt, source, a.seed, v2v, cfg)
+        write(a.output, _switching(stream, [(round(s * fps), p) for s, p in changes]), fps, pipe.frame_size, None)
+        print(_v2v_report(stream, cfg, pipe.frames_per_chunk), file=sys.stderr)
+    parallel.shutdown()
+
+
+def _drain(output: str, frames: Iterable[np.ndarray], fps: float, size: tuple[int, int], total: int | None) -> None:
+    """A pipeline stage before the last: step through the stream with the others, writing nothing."""
+    for _ in frames:
+        pass
 
 
 def _open_input(a: argparse.Namespace) -> VideoFileSource:

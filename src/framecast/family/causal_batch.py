@@ -10,12 +10,14 @@ one batch. Every request gets a `PassResult`, its velocity guided where it asked
 from __future__ import annotations
 
 import bisect
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from framecast.models.dit import CausalWanDiT, CrossKV, PastKV
+from framecast.models.config import DiTConfig
+from framecast.models.dit import CrossKV, DiTOutput, PastKV
 from framecast.stream.memo import BoundedCache
 from framecast.stream.request import PassRequest, PassResult, visible
 
@@ -23,7 +25,24 @@ SINK = -(1 << 40)  # offset that keeps sink chunk ids apart from relative ids in
 MaskCache = BoundedCache[tuple, Tensor]
 
 
-def run_batch(model: CausalWanDiT, reqs: list[PassRequest], mask_cache: MaskCache | None = None) -> list[PassResult]:
+class Network(Protocol):
+    """What a batch runs: `CausalWanDiT`, or a pipeline stage of it (`family.stages.StageNet`)."""
+
+    config: DiTConfig
+
+    def __call__(
+        self,
+        x: Tensor,
+        t: Tensor,
+        frame_pos: Tensor,
+        cross: CrossKV,
+        past: PastKV | list[PastKV] | None = None,
+        mask: Tensor | None = None,
+        structure: Tensor | None = None,
+    ) -> DiTOutput: ...
+
+
+def run_batch(model: Network, reqs: list[PassRequest], mask_cache: MaskCache | None = None) -> list[PassResult]:
     """Run all requests in one forward pass; the causal family calls its denoiser here and nowhere else.
 
     A guided request (guidance w != 1) is two rows, the prompt's then the empty prompt's, each with its own
@@ -39,7 +58,7 @@ def _guided(v: Tensor, w: float) -> Tensor:
     return torch.lerp(v[1:2], v[:1], w)  # v_u + w * (v_c - v_u) in one op
 
 
-def _run_one(model: CausalWanDiT, r: PassRequest, mask_cache: MaskCache | None) -> list[PassResult]:
+def _run_one(model: Network, r: PassRequest, mask_cache: MaskCache | None) -> list[PassResult]:
     """A single request: its tensors are already a batch, so nothing is padded or copied."""
     mask = None
     if not _all_visible(r):
@@ -49,7 +68,7 @@ def _run_one(model: CausalWanDiT, r: PassRequest, mask_cache: MaskCache | None) 
     return [PassResult(_guided(out.velocity, r.guidance), out.keys, out.values)]
 
 
-def _run_many(model: CausalWanDiT, reqs: list[PassRequest], mask_cache: MaskCache | None) -> list[PassResult]:
+def _run_many(model: Network, reqs: list[PassRequest], mask_cache: MaskCache | None) -> list[PassResult]:
     """Requests padded to the longest (frames and cached tokens) and concatenated along the batch."""
     P = model.config.tokens_per_frame
     Fmax = max(r.x.shape[2] for r in reqs)

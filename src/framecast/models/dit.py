@@ -26,7 +26,7 @@ Layouts:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -117,6 +117,17 @@ def _layer_past(past: PastKV | list[PastKV] | None, i: int) -> LayerPast | None:
     if isinstance(past, PastKV):
         return past.k[i], past.v[i]
     return [p.k[i] for p in past], [p.v[i] for p in past]
+
+
+@dataclass
+class PassModulation:
+    """What every block of a pass reads besides its tokens: the timestep embedding e (B, F, D) (float32, with the
+    text modulation), its projection e6 (B, F, 1, 6, D), the RoPE angles of the tokens and the token grid (h, w)."""
+
+    e: Tensor
+    e6: Tensor
+    rope: tuple[Tensor, Tensor]
+    grid: tuple[int, int]
 
 
 @dataclass
@@ -328,37 +339,68 @@ class CausalWanDiT(nn.Module):
         mask: (B, 1, N, M + N) bool, True where a query token may attend (None: attend to everything);
         structure: (B, Cs, F, H, W) encoded input frames of a model with `structure_channels` (zeros where a
         frame has none), or None.
+
+        The pass in its parts, as a pipeline stage runs them (`family.stages`): `embed` (the first stage),
+        `modulation` (every stage), `run_blocks` (each stage its own blocks), `output` (the last stage).
         """
-        c = self.config
-        B, _, Fr, H, W = x.shape
-        grid = (H // c.patch_size[1], W // c.patch_size[2])
+        tokens = self.embed(x, structure)  # (B, F, P, D)
+        mod = self.modulation(t, frame_pos, cross, x.shape[-2:])
+        tokens, keys, values = self.run_blocks(tokens, mod, cross, past, mask)
+        return DiTOutput(self.output(x, t, tokens, mod, structure), keys, values)
+
+    def embed(self, x: Tensor, structure: Tensor | None = None) -> Tensor:
+        """Latents (B, C, F, H, W) (and the structure input) -> tokens (B, F, P, D) in the model's dtype."""
         tokens = self.patch_embedding(x.to(self.patch_embedding.weight.dtype))  # (B, D, F, h, w)
         if structure is not None:
             if self.structure_embedding is None:
                 raise InputError("this model takes no structure input (its structure_channels is 0)")
             tokens = tokens + self.structure_embedding(structure.to(tokens.dtype))  # (B, D, F, h, w)
-        tokens = tokens.flatten(3).permute(0, 2, 3, 1)  # (B, F, P, D)
-        parts = [past] if isinstance(past, PastKV) else (past or [])
-        if parts and parts[0].k.dtype != tokens.dtype:
-            raise InputError(f"past keys/values are {parts[0].k.dtype}, but the model computes in {tokens.dtype}")
+        return tokens.flatten(3).permute(0, 2, 3, 1)  # (B, F, P, D)
+
+    def modulation(self, t: Tensor, frame_pos: Tensor, cross: CrossKV, size: Sequence[int]) -> PassModulation:
+        """What every block and the head read besides the tokens: the timestep embedding and its projection
+        (with the text modulation), the RoPE angles; `size`: the latents' (H, W)."""
+        c = self.config
+        grid = (size[0] // c.patch_size[1], size[1] // c.patch_size[2])
         e = self.time_embedding(sinusoidal(t, c.freq_dim).to(param_dtype(self.time_embedding))).float()  # (B, F, D)
         if cross.mod is not None:
             e = e + cross.mod
         e6 = self.time_projection(e.to(param_dtype(self.time_projection))).float().unflatten(-1, (6, c.dim))
-        e6 = e6[:, :, None]  # (B, F, 1, 6, D)
         rope = rope_angles(frame_pos, grid, c.head_dim, c.rope_theta)
+        return PassModulation(e, e6[:, :, None], rope, grid)  # e6: (B, F, 1, 6, D)
+
+    def run_blocks(
+        self,
+        tokens: Tensor,
+        mod: PassModulation,
+        cross: CrossKV,
+        past: PastKV | list[PastKV] | None,
+        mask: Tensor | None,
+    ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+        """Tokens (B, F, P, D) through `self.blocks`, block i with layer i of `cross` and `past` (a pipeline stage
+        holds only its own blocks, and the caches of only those); returns the tokens and each block's keys/values."""
+        parts = [past] if isinstance(past, PastKV) else (past or [])
+        if parts and parts[0].k.dtype != tokens.dtype:
+            raise InputError(f"past keys/values are {parts[0].k.dtype}, but the model computes in {tokens.dtype}")
         keys, values = [], []
         for i, blk in enumerate(self.blocks):
             layer_past = _layer_past(past, i)
-            tokens, k, v = blk(tokens, e6, rope, (cross.k[i], cross.v[i]), layer_past, mask)
+            tokens, k, v = blk(tokens, mod.e6, mod.rope, (cross.k[i], cross.v[i]), layer_past, mask)
             keys.append(k)
             values.append(v)
-        out = self._unpatchify(self.head(tokens, e), grid)  # (B, C, F, H, W)
+        return tokens, keys, values
+
+    def output(
+        self, x: Tensor, t: Tensor, tokens: Tensor, mod: PassModulation, structure: Tensor | None = None
+    ) -> Tensor:
+        """The head over the last block's tokens (B, F, P, D) -> velocity (B, C, F, H, W), float32 (with the
+        refiner and the preconditioning, which read the input latents x)."""
+        out = self._unpatchify(self.head(tokens, mod.e), mod.grid)  # (B, C, F, H, W)
         if self.refiner is not None:
-            out = self.refiner(x, out, structure, e)  # (B, C, F, H, W)
-        if c.precondition:
+            out = self.refiner(x, out, structure, mod.e)  # (B, C, F, H, W)
+        if self.config.precondition:
             out = precondition(x, out, t)
-        return DiTOutput(out, keys, values)
+        return out
 
     def _unpatchify(self, out: Tensor, grid: tuple[int, int]) -> Tensor:
         """(B, F, h * w, ph * pw * C) -> (B, C, F, h * ph, w * pw), Wan's channel order."""
