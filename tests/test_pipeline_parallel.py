@@ -182,6 +182,22 @@ def test_two_ranks_equal_one_process_frame_for_frame(tmp_path: Path) -> None:
     print(f"four streams in one batch against two micro-batches: {worst} uint8 level(s) at most")
 
 
+def test_torchrun_generate_writes_the_single_process_video(tmp_path: Path) -> None:
+    """`torchrun --nproc-per-node=2 -m framecast generate` (the tiny preset, random weights) writes the bytes one
+    process writes (the MP4 writer is deterministic: the same frames give the same bytes)."""
+    args = ["generate", "a red circle moving left", "--random-weights", "--seconds", "1.5"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", FRAMECAST_PP_TIMEOUT="60")
+    one = subprocess.run([sys.executable, "-m", "framecast", *args, "-o", str(tmp_path / "one.mp4")],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_S)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-2000:]
+    run = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={WORLD}", "--master-addr=127.0.0.1",
+           f"--master-port={_free_port()}", "-m", "framecast", *args, "-o", str(tmp_path / "two.mp4")]  # fmt: skip
+    two = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True, timeout=RUN_S)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stderr.count("wrote 24 frames") == 1  # the last rank writes; rank 0 steps along
+    assert (tmp_path / "two.mp4").read_bytes() == (tmp_path / "one.mp4").read_bytes()
+
+
 def _endless(timeout_s: float) -> list[subprocess.Popen[str]]:
     procs = _launch([sys.executable, "-m", "tests.test_pipeline_parallel", "endless", "-"], timeout_s)
     for p in procs:  # both ranks are stepping the stream
