@@ -71,6 +71,13 @@ SCENARIOS: dict[str, tuple[dict, dict, int | None, list[float] | None]] = {
     "switch": (dict(text_modulation=True), REFRESH, 4, None),
     "guided_noisy_switch": (dict(text_modulation=True), dict(REFRESH, guidance=3.0, context_noise=0.2), 5, None),
     "v2v": (dict(structure_channels=tiny_config().in_channels), REFRESH, None, [1.0, 0.6, 0.9, 0.3]),
+    "listed": ({}, dict(REFRESH, timesteps=(1000, 757, 522, 300), shift=1.0), None, None),  # a recipe's list
+    "listed_v2v": (
+        dict(structure_channels=tiny_config().in_channels),
+        dict(REFRESH, timesteps=(700, 500, 400, 200), shift=8.0),
+        None,
+        [1.0, 0.6, 0.9],
+    ),
     "v2v_refiner_guided": (
         dict(structure_channels=tiny_config().in_channels, refiner_channels=8),
         dict(REFRESH, guidance=3.0, context_noise=0.2),

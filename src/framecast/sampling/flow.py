@@ -7,6 +7,8 @@ s' is x_{s'} = x_s + (s' - s) * v. Nothing here holds state; randomness comes in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -46,6 +48,22 @@ def sdedit_sigmas(steps: int, shift: float, strength: float) -> Tensor:
     if not 0.0 < strength <= 1.0:
         raise InputError(f"strength must be in (0, 1], got {strength}")
     return sigmas(steps, shift, start=min(1.0, unshift_sigma(strength, shift)))
+
+
+def listed_sigmas(timesteps: Sequence[float], shift: float, strength: float = 1.0) -> Tensor:
+    """Noise levels (len + 1,) float32 of an explicit timestep list (t in (0, 1000], descending), then 0.
+
+    Each level is `shift_sigma(t / 1000, shift)`: shift 1 takes the list as it is (CausVid, StreamDiffusionV2,
+    Krea), a larger shift warps it as Self-Forcing's `warp_denoising_step` does. A video-to-video chunk noised to
+    `strength` < 1 scales the unshifted levels so that the first lands at `strength` (as `sdedit_sigmas` restricts
+    the even grid); at 1 (the chunk starts from pure noise) the list is taken as it is.
+    """
+    if not 0.0 < strength <= 1.0:
+        raise InputError(f"strength must be in (0, 1], got {strength}")
+    base = torch.tensor([*timesteps, 0.0], dtype=torch.float64) / 1000.0
+    if strength != 1.0:
+        base = base * (unshift_sigma(strength, shift) / base[0])
+    return shift_sigma(base, shift).float()
 
 
 def timesteps(sig: Tensor) -> Tensor:

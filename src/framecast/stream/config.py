@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from framecast.errors import InputError
-from framecast.sampling.flow import DEFAULT_SHIFT, MAX_STEPS
+from framecast.sampling.flow import DEFAULT_SHIFT, MAX_STEPS, listed_sigmas, sdedit_sigmas, sigmas
 
 MAX_GUIDANCE = 20.0
+MAX_TIMESTEPS = 8  # longest explicit timestep list (its first `steps` are used)
 
 
 @dataclass(frozen=True)
@@ -16,6 +19,9 @@ class StreamConfig:
 
     steps:          denoising passes per chunk (1..4).
     shift:          flow-matching time shift of the schedule.
+    timesteps:      an explicit timestep list (t in (0, 1000], descending) whose first `steps` entries are the
+                    schedule, each warped by `shift` (shift 1: as listed); empty (default): `steps` levels
+                    evenly spaced from 1000, warped by `shift` (`flow.sigmas`). Recipes set it (docs/models.md).
     window_chunks:  chunks of the rolling window a chunk attends to, besides the sinks.
     sink_chunks:    first chunks of the stream, never evicted.
     refresh_chunks: every this many chunks, RoPE positions wrap back, so they stay bounded.
@@ -48,10 +54,14 @@ class StreamConfig:
     switch_passes: int = 0
     guidance: float = 1.0
     context_noise: float = 0.0
+    timesteps: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
             raise InputError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if not self.shift > 0:
+            raise InputError(f"shift must be positive, got {self.shift}")
+        self._check_timesteps()
         if self.window_chunks < 1:
             raise InputError(f"window_chunks must be at least 1, got {self.window_chunks}")
         if self.sink_chunks < 0:
@@ -68,6 +78,31 @@ class StreamConfig:
             raise InputError(f"context_noise must be in [0, 1), got {self.context_noise}")
         if self.context_noise and not self.clean_pass:
             raise InputError("context_noise needs clean_pass: only the clean pass reads a finished chunk")
+
+    def _check_timesteps(self) -> None:
+        if isinstance(self.timesteps, (str, bytes)) or not isinstance(self.timesteps, (tuple, list)):
+            raise InputError(f"timesteps must be a list of numbers, got {self.timesteps!r}")
+        ts = tuple(self.timesteps)
+        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in ts):
+            raise InputError(f"timesteps must be numbers, got {list(ts)}")
+        object.__setattr__(self, "timesteps", tuple(float(t) for t in ts))  # a JSON list becomes a tuple
+        if not ts:
+            return
+        if len(ts) > MAX_TIMESTEPS or not all(0 < t <= 1000 for t in ts):
+            raise InputError(f"timesteps must be 1 to {MAX_TIMESTEPS} values in (0, 1000], got {list(ts)}")
+        if any(a <= b for a, b in zip(ts, ts[1:], strict=False)):
+            raise InputError(f"timesteps must be strictly descending, got {list(ts)}")
+        if self.steps > len(ts):
+            raise InputError(f"steps {self.steps} is more than the {len(ts)} listed timesteps {list(ts)}")
+
+    def noise_levels(self, strength: float = 1.0) -> Tensor:
+        """Noise levels (steps + 1,) float32 of a chunk that starts at `strength` (1: from pure noise; below: a
+        video-to-video chunk, the schedule restricted to [0, strength]); the last level is 0."""
+        if self.timesteps:
+            return listed_sigmas(self.timesteps[: self.steps], self.shift, strength)
+        if strength == 1.0:
+            return sigmas(self.steps, self.shift)
+        return sdedit_sigmas(self.steps, self.shift, strength)
 
     @property
     def guided(self) -> bool:

@@ -20,7 +20,7 @@ from framecast.errors import InputError
 from framecast.models.config import DiTConfig
 from framecast.models.dit import CausalWanDiT, CrossKV, PastKV
 from framecast.models.rope import shift_frames
-from framecast.sampling.flow import add_noise, noise_like, sdedit_sigmas, sigmas
+from framecast.sampling.flow import add_noise, noise_like
 from framecast.stream.config import StreamConfig
 from framecast.stream.positions import PositionPlan
 from framecast.stream.state import CONTEXT_SEED, ChunkInput, Condition
@@ -57,9 +57,9 @@ def reference_stream(
         branches = [(cond, caches[0])] + ([(null, caches[1])] if cfg.guided and null is not None else [])
         inp = inputs[n] if inputs is not None and n < len(inputs) else None
         noise = noise_like(shape, gen, dtype=torch.float32)  # (1, C, cf, H, W)
-        x, sig, structure = noise, sigmas(cfg.steps, cfg.shift), None  # sig: (steps + 1,)
+        x, sig, structure = noise, cfg.noise_levels(), None  # sig: (steps + 1,)
         if inp is not None:  # SDEdit: start from the input noised to s, the schedule restricted to [0, s]
-            x, sig = add_noise(inp.latent, noise, inp.strength), sdedit_sigmas(cfg.steps, cfg.shift, inp.strength)
+            x, sig = add_noise(inp.latent, noise, inp.strength), cfg.noise_levels(inp.strength)
             structure = inp.latent if mc.structure_channels else None  # (1, Cs, cf, H, W), every pass
         for j in range(final + 1):
             tick = n + j

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from framecast.errors import InputError
 from framecast.models.dit import CrossKV, PastKV
-from framecast.sampling.flow import add_noise, sdedit_sigmas
+from framecast.sampling.flow import add_noise
 from framecast.stream.request import PassRequest, PassResult
 from framecast.stream.state import ChunkInput, Condition, InFlight, PassTable, StreamState
 
@@ -123,7 +123,7 @@ def _schedule(state: StreamState, strength: float) -> Tensor:
     """Noise levels (steps + 1,) of a chunk that started at `strength` (the stream's own schedule at 1)."""
     if strength == 1.0:
         return state.sigmas
-    return state.memo.schedules.get(strength, lambda: sdedit_sigmas(state.cfg.steps, state.cfg.shift, strength))
+    return state.memo.schedules.get(strength, lambda: state.cfg.noise_levels(strength))
 
 
 def _make_table(state: StreamState, passes: list[int], strengths: list[float]) -> PassTable:

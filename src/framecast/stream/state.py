@@ -16,7 +16,7 @@ from framecast.errors import InputError
 from framecast.models.autoencoder import DecoderState
 from framecast.models.config import DiTConfig
 from framecast.models.dit import CrossKV
-from framecast.sampling.flow import noise_like, sigmas
+from framecast.sampling.flow import noise_like
 from framecast.stream.cache import RingKV, ring_rows, staging_slots
 from framecast.stream.config import StreamConfig
 from framecast.stream.memo import BoundedCache
@@ -152,7 +152,7 @@ class StreamState:
         ctx = NoiseDraws(seed + CONTEXT_SEED, shape, device) if cfg.context_noise else None
         plan = PositionPlan(cfg, mc.chunk_frames, device)
         return cls(
-            cfg, plan, rings, NoiseDraws(seed, shape, device), sigmas(cfg.steps, cfg.shift), shape,
+            cfg, plan, rings, NoiseDraws(seed, shape, device), cfg.noise_levels(), shape,
             null=null, context_noise=ctx, structured=mc.structure_channels > 0,
         )  # fmt: skip
 
