@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"v2v"},  # inputs: video-to-video sources and feeds
     {"family"},  # model families behind the contract
     {"engine"},  # the driver and the live stream
-    {"pipeline"},
+    {"pipeline", "recipes", "planner", "planner_model"},  # loading, recipes, memory planning
     {"cli", "server", "bench", "evaluation", "train", "__main__"},  # front ends
 ]
 # what the driver and the front ends may import from a family: its contract (and the pipeline builds families)

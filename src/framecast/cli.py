@@ -43,6 +43,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                         "model/bare weights, .pt or .safetensors; a LoRA in it is merged)")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="the DiT's and the caches' dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--recipe", default=None, metavar="NAME",
+                   help="a published checkpoint's sampling setup (framecast models lists them; default: the one the "
+                        "checkpoint's file name identifies, else the model's own settings)")
     _image_args(p.add_argument_group("diffusers image models (a --model folder with model_index.json)"))
 
 
@@ -113,8 +116,8 @@ def _load(a: argparse.Namespace) -> Pipeline:
     if is_image_folder(Path(_model(a))) and not a.random_weights:
         from framecast.family.image_settings import ImageSettings
 
-        if a.checkpoint is not None:
-            raise InputError("--checkpoint is for causal DiT folders; an image model's weights are its folder's")
+        if a.checkpoint is not None or a.recipe is not None:
+            raise InputError("--checkpoint and --recipe are for causal DiT folders, not image-model folders")
         loras = [_lora(text) for text in lora]
         settings = ImageSettings(**image)
         return Pipeline.load_image(
@@ -126,7 +129,8 @@ def _load(a: argparse.Namespace) -> Pipeline:
         flags = ", ".join("--" + k.replace("_", "-") for k in extras)
         raise InputError(f"{flags}: for diffusers image-model folders (model_index.json), not {_model(a)!r}")
     return Pipeline.load(
-        _model(a), device=a.device, random_weights=a.random_weights, checkpoint=a.checkpoint, dtype=a.dtype
+        _model(a), device=a.device, random_weights=a.random_weights, checkpoint=a.checkpoint, dtype=a.dtype,
+        recipe=a.recipe,
     )
 
 
@@ -178,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     _serve_args(sub.add_parser("serve", help="serve the browser UI and live streams"))
     _bench_serve_args(sub.add_parser("bench-serve", help="load-test the live server on loopback"))
     _replicas_args(sub.add_parser("replicas", help="serve N local replicas behind nginx on one port"))
+    sub.add_parser("models", help="list the built-in model, the DiT presets and the sampling recipes")
+    _plan_args(sub.add_parser("plan", help="memory of a model and its streams, and how many fit on a GPU"))
     return ap
 
 
@@ -572,6 +578,51 @@ def _bench_serve(a: argparse.Namespace) -> None:
         a.json.write_text(json.dumps(result.to_json(), indent=2) + "\n")
 
 
+def _models(a: argparse.Namespace) -> None:
+    from framecast.pipeline import BUILTIN
+    from framecast.recipes import format_models
+
+    print(format_models(", ".join(BUILTIN)))
+
+
+def _plan_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="tiny", help="a DiT preset (tiny, wan-1.3b, wan-14b) or a model folder")
+    p.add_argument("--size", default=None, metavar="WxH", help="frame size in pixels (default: the model's)")
+    p.add_argument("--frames-per-block", type=int, default=None, metavar="N",
+                   help="latent frames per chunk (default: the recipe's, else the model's)")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"),
+                   help="the DiT's and the caches' dtype (default: bfloat16)")
+    p.add_argument("--gpu-memory", default="80GB", help="memory to fit streams in, e.g. 80GB, 141GiB (default: 80GB)")
+    p.add_argument("--recipe", default=None, metavar="NAME", help="a sampling recipe (framecast models lists them)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the recipe's/model's)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance (>1 adds a row and a cache)")
+    p.add_argument("--sequential", action="store_true", help="one chunk at a time instead of the stream batch")
+
+
+def _plan(a: argparse.Namespace) -> None:
+    from framecast.pipeline import parse_dtype
+    from framecast.planner import format_plan, parse_memory, plan
+    from framecast.planner_model import plan_spec, resolve
+
+    memory = parse_memory(a.gpu_memory)
+    if a.frames_per_block is not None and a.frames_per_block < 1:
+        raise InputError(f"--frames-per-block must be positive, got {a.frames_per_block}")
+    fields = {"steps": a.steps, "guidance": a.guidance, "batch_steps": False if a.sequential else None}
+    parts, recipe = resolve(a.model, a.recipe)
+    dtype = parse_dtype(a.dtype)
+    assert dtype is not None
+    size = None if a.size is None else _size(a.size)
+    chosen = {k: v for k, v in fields.items() if v is not None}
+    spec = plan_spec(parts, dtype, size, a.frames_per_block, recipe, **chosen)
+    d = spec.dit
+    title = (
+        f"{a.model}{f' ({recipe.name})' if recipe else ''}: {d.latent_width * 8}x{d.latent_height * 8} px, "
+        f"{d.chunk_frames} latent frame(s)/chunk, {a.dtype}, {spec.stream.steps} steps, "
+        f"{'stream batch' if spec.stream.batch_steps else 'sequential'}, {spec.stream.rows} row(s)/pass"
+    )
+    print(format_plan(plan(spec), memory, title))
+
+
 def _replicas_args(r: argparse.ArgumentParser) -> None:
     _serve_args(r)  # --host and --port are nginx's; every other option goes to each replica
     r.add_argument("--replicas", type=int, default=2, help="number of `framecast serve` processes (default: 2)")
@@ -637,6 +688,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "serve": _serve,
             "bench-serve": _bench_serve,
             "replicas": _replicas,
+            "models": _models,
+            "plan": _plan,
         }[args.command](args)
     except FramecastError as e:
         print(f"framecast: error: {e}", file=sys.stderr)

@@ -47,6 +47,7 @@ from framecast.models.dit import CausalWanDiT
 from framecast.models.text import CachedTextEncoder, TextEncoder, load_text_encoder
 from framecast.models.wan_weights import load_wan_dit
 from framecast.models.weights import read_json
+from framecast.recipes import Recipe, apply_recipe, choose_recipe, recipe_wan_options
 from framecast.stream.config import StreamConfig
 from framecast.v2v.controller import MotionConfig
 from framecast.v2v.feed import InputFeed, V2VConfig
@@ -113,6 +114,8 @@ def with_fields(base: T, section: str, **fields: Any) -> T:
 class Pipeline:
     """A model family, its settings and the driver over it: what every front end streams through."""
 
+    recipe: Recipe | None = None  # the sampling recipe `load` applied, if any
+
     def __init__(
         self,
         dit: CausalWanDiT,
@@ -152,6 +155,7 @@ class Pipeline:
         checkpoint: str | Path | None = None,
         dtype: str | torch.dtype | None = None,
         wan: WanOptions | None = None,
+        recipe: str | None = None,
     ) -> Pipeline:
         """A built-in model by name, a framecast model folder or a Wan2.1 folder (docs/models.md: the original or
         the diffusers layout; `wan`: its frame size and chunk, default 480 x 832, 3 latent frames).
@@ -160,8 +164,35 @@ class Pipeline:
         `checkpoint`: a causal checkpoint file applied over the folder's DiT (`models.wan_weights`: a torch file
         with `generator_ema`, `generator`, `state_dict`, `model` or bare weights, `model.` prefixes, a
         `generator_lora` merged at load; or a `.safetensors` file). `dtype`: float32, bfloat16 or float16.
+        `recipe`: a published checkpoint's sampling setup by name (`framecast.recipes`, `framecast models`): its
+        stream settings and, for a Wan folder, its latent frames per chunk; None: the recipe the folder or the
+        checkpoint's file name identifies, if any, else the folder's own settings.
         """
         model = ALIASES.get(model, model)
+        chosen = choose_recipe(model, checkpoint, recipe)
+        wan = recipe_wan_options(chosen, wan)
+        pipe = cls._load(model, device, random_weights, text_encoder, checkpoint, dtype, wan)
+        return pipe if chosen is None else pipe._use_recipe(chosen)
+
+    def _use_recipe(self, chosen: Recipe) -> Pipeline:
+        if not isinstance(self.family, CausalFamily):
+            raise InputError(f"recipe {chosen.name!r} is for causal DiT models, not {type(self.family).__name__}")
+        stream = apply_recipe(chosen, self.config.stream, self.family.dit.config.chunk_frames)
+        self.config, self.recipe = dataclasses.replace(self.config, stream=stream), chosen
+        return self
+
+    @classmethod
+    def _load(
+        cls,
+        model: str,
+        device: str,
+        random_weights: bool,
+        text_encoder: TextEncoder | None,
+        checkpoint: str | Path | None,
+        dtype: str | torch.dtype | None,
+        wan: WanOptions | None,
+    ) -> Pipeline:
+        """`load` without a recipe."""
         if random_weights:
             if checkpoint is not None:
                 raise InputError("a checkpoint goes over a model folder's weights, not over --random-weights")
