@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from framecast.engine.live import Stream
     from framecast.evaluation.suite import EvalSettings
+    from framecast.family.wan import WanOptions
     from framecast.pipeline import Pipeline
     from framecast.stream.config import StreamConfig
     from framecast.v2v import MotionConfig, V2VConfig, VideoFileSource
@@ -47,10 +48,13 @@ def _model_args(p: argparse.ArgumentParser) -> None:
                    help="a published checkpoint's sampling setup (framecast models lists them; default: the one the "
                         "checkpoint's file name identifies, else the model's own settings)")
     _image_args(p.add_argument_group("diffusers image models (a --model folder with model_index.json)"))
+    _wan_args(p.add_argument_group("Wan2.1 folders (docs/models.md)"))
 
 
 def _image_args(g: argparse._ArgumentGroup) -> None:
-    g.add_argument("--size", default=None, metavar="WxH", help="frame size, multiples of 8 (default: the UNet's)")
+    g.add_argument("--size", default=None, metavar="WxH",
+                   help="frame size: image models multiples of 8 (default: the UNet's), Wan2.1 folders multiples of "
+                        "16 (default: 832x480)")
     g.add_argument("--t-index", default=None, metavar="I,J,..",
                    help="timesteps as StreamDiffusion's t-index list over a 50-step grid, e.g. 0,16,32,45 "
                         "(sets --steps; default: the folder scheduler's own timesteps)")
@@ -67,6 +71,23 @@ def _image_args(g: argparse._ArgumentGroup) -> None:
                    help="a LoRA .safetensors merged at load (repeatable; strength default 1)")
     g.add_argument("--scheduler", default=None, metavar="CLASS",
                    help="a diffusers scheduler class to run instead of the folder's, e.g. LCMScheduler (LCM LoRA)")
+
+
+def _wan_args(g: argparse._ArgumentGroup) -> None:
+    g.add_argument("--chunk-frames", type=int, default=None, metavar="N",
+                   help="latent frames per chunk (default: 3, or the recipe's)")
+    g.add_argument("--tiny-decoder", default=None, metavar="FILE", help="a TAEHV file (taew2_1.pth) to decode with")
+
+
+def _wan_options(a: argparse.Namespace, size: tuple[int, int] | None) -> WanOptions | None:
+    """WanOptions from --size (height, width), --chunk-frames and --tiny-decoder; None when none is given."""
+    from framecast.family.wan import WanOptions
+
+    given = {"chunk_frames": getattr(a, "chunk_frames", None), "tiny_decoder": getattr(a, "tiny_decoder", None)}
+    fields: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
+    if size is not None:
+        fields["height"], fields["width"] = size
+    return WanOptions(**fields) if fields else None
 
 
 def _image_settings(a: argparse.Namespace) -> dict[str, Any]:
@@ -108,6 +129,7 @@ def _int_list(text: str, flag: str) -> tuple[int, ...]:
 
 def _load(a: argparse.Namespace) -> Pipeline:
     """The model the command line names (--model, --random-weights, --device, --checkpoint, --dtype)."""
+    from framecast.family.wan import is_wan_folder
     from framecast.models.diffusers_image import is_image_folder
     from framecast.pipeline import Pipeline
 
@@ -123,6 +145,11 @@ def _load(a: argparse.Namespace) -> Pipeline:
         return Pipeline.load_image(
             _model(a), settings, tiny_vae, device=a.device, dtype=a.dtype, loras=loras, scheduler=scheduler
         )
+    wan = None
+    if is_wan_folder(_model(a)) and not a.random_weights:
+        wan = _wan_options(a, image.pop("size", None))
+    elif getattr(a, "chunk_frames", None) is not None or getattr(a, "tiny_decoder", None) is not None:
+        raise InputError(f"--chunk-frames, --tiny-decoder: for Wan2.1 folders, not {_model(a)!r}")
     named = {"tiny_vae": tiny_vae, "lora": lora, "scheduler": scheduler}
     extras = [*image, *(k for k, v in named.items() if v)]
     if extras:
@@ -130,7 +157,7 @@ def _load(a: argparse.Namespace) -> Pipeline:
         raise InputError(f"{flags}: for diffusers image-model folders (model_index.json), not {_model(a)!r}")
     return Pipeline.load(
         _model(a), device=a.device, random_weights=a.random_weights, checkpoint=a.checkpoint, dtype=a.dtype,
-        recipe=a.recipe,
+        recipe=a.recipe, wan=wan,
     )
 
 
