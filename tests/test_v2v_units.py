@@ -125,6 +125,27 @@ def test_similarity_filter_off_or_not_allowed_never_skips() -> None:
     assert f.skip(_chunk(7))
 
 
+def test_stochastic_similarity_filter_skips_in_proportion_to_the_likeness() -> None:
+    """Probability 1 - d / threshold: identical chunks always skip (up to max_skips), chunks at or over the
+    threshold never; in between, a share near 1 - d / threshold, the same on every run with the same seed."""
+    cfg = SimilarityConfig(threshold=4 / 127.5, max_skips=1000, stochastic=True, seed=3)
+    same = SimilarityFilter(cfg)
+    assert [same.skip(_chunk(50)) for _ in range(6)] == [False] + [True] * 5
+    far = SimilarityFilter(cfg)
+    assert not any(far.skip(_chunk(50 + 4 * (i % 2))) for i in range(20))  # d = threshold: never
+
+    def shares(seed: int) -> list[bool]:  # d = 1 level against the reference each time: probability 3/4
+        f = SimilarityFilter(SimilarityConfig(threshold=4 / 127.5, max_skips=1000, stochastic=True, seed=seed))
+        out = []
+        for _ in range(400):
+            f.reference = _chunk(50)
+            out.append(f.skip(_chunk(51)))
+        return out
+
+    share = sum(shares(3)) / 400
+    assert 0.65 < share < 0.85 and shares(3) == shares(3)
+
+
 # -- frames -----------------------------------------------------------------------------------------
 
 

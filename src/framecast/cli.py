@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from framecast.family.wan import WanOptions
     from framecast.pipeline import Pipeline
     from framecast.stream.config import StreamConfig
-    from framecast.v2v import MotionConfig, V2VConfig, VideoFileSource
+    from framecast.v2v import MotionConfig, SimilarityConfig, V2VConfig, VideoFileSource
 
 
 def _prompt_at(text: str) -> tuple[float, str]:
@@ -243,11 +243,16 @@ def _v2v_args(g: argparse.ArgumentParser) -> None:
                    help="bounds of the motion-aware strength (default: the model's; tiny 0.85:0.95)")
     g.add_argument("--skip-similar", action=argparse.BooleanOptionalAction, default=True,
                    help="nearly identical input chunks re-emit the last output instead of running the model")
+    g.add_argument("--skip-threshold", type=float, default=None, metavar="D",
+                   help="mean difference (pixels in [-1, 1]) under which an input chunk may skip (default: 0.01)")
+    g.add_argument("--max-skips", type=int, default=None, help="most chunks in a row that skip (default: 2)")
+    g.add_argument("--stochastic-skip", action="store_true",
+                   help="skip with probability 1 - difference / threshold (StreamDiffusion's filter)")
 
 
 def _v2v_config(a: argparse.Namespace, base: MotionConfig | None = None) -> V2VConfig:
     """The video-to-video settings of `generate` over the model's strengths `base`, checked."""
-    from framecast.v2v import MotionConfig, SimilarityConfig, V2VConfig
+    from framecast.v2v import MotionConfig, V2VConfig
 
     if a.input is None:
         if a.strength is not None or a.motion_aware is not None or a.strength_range is not None:
@@ -266,7 +271,15 @@ def _v2v_config(a: argparse.Namespace, base: MotionConfig | None = None) -> V2VC
         high=high,
         fixed=base.fixed if a.strength is None else a.strength,
     )
-    return V2VConfig(motion, SimilarityConfig(enabled=a.skip_similar))
+    return V2VConfig(motion, _similarity(a))
+
+
+def _similarity(a: argparse.Namespace) -> SimilarityConfig:
+    from framecast.v2v import SimilarityConfig
+
+    given = {"threshold": a.skip_threshold, "max_skips": a.max_skips}
+    fields = {k: v for k, v in given.items() if v is not None}
+    return SimilarityConfig(enabled=a.skip_similar, stochastic=a.stochastic_skip, **fields)
 
 
 def _range(text: str, flag: str = "--strength-range") -> tuple[float, float]:
