@@ -105,3 +105,25 @@ def test_sdxl_txt2img_equals_the_sdxl_pipeline(tmp_path: Path) -> None:
     ours = family_latent(folder, 2)
     theirs = peer(StableDiffusionXLPipeline.from_pretrained(folder), 2)  # type: ignore[arg-type]
     check(ours, theirs)
+
+
+def test_sdxl_img2img_equals_the_sdxl_img2img_pipeline(tmp_path: Path) -> None:
+    """SDXL img2img (no aesthetic score: the same size condition as txt2img) from an input latent at strength 0.6,
+    Euler: diffusers' pipeline given framecast's timesteps as its schedule."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from framecast.stream.state import ChunkInput
+
+    folder = save(sdxl_pipeline("euler"), tmp_path / "sdxl")
+    fam = ImageFamily(load_image_folder(folder), ImageSettings(noise="fresh"))
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    ts = ddpm.strength_timesteps(fam.timesteps(2), 0.6)
+    state = fam.new_state(StreamConfig(steps=2, batch_steps=False), SEED)
+    fam.admit(state, fam.conditioner(PROMPT), ChunkInput(z[:, :, None], 0.6))
+    ours = (fam.denoise([state]) + fam.denoise([state]))[1][0][:, 0]
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(folder, requires_aesthetics_score=False)
+    theirs = pipe(
+        prompt=PROMPT, image=z, strength=1.0, timesteps=ts, guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(SEED), output_type="latent",
+    ).images[0]  # fmt: skip
+    assert (ours - theirs).abs().max().item() < 2e-4 * max(1.0, theirs.abs().max().item())
