@@ -51,7 +51,8 @@ def test_the_world_itself_scores_perfectly() -> None:
     v = run_viewer(_rendered, s, fps=24.0, frames_per_chunk=4)
     o = v.overall
     assert o["clips"] == 24 and set(v.by_wording) == {"canonical", "paraphrase"} and "2 objects" in v.by_objects
-    assert o["exact"] == o["clean"] == o["background_clips"] == o["color"] == 1.0
+    assert o["exact"] == o["clean"] == o["background_clips"] == o["color"] == o["exact_first"] == o["exact_last"] == 1.0
+    assert set(v.by_shape) >= {"circle", "circle, canonical", "circle, paraphrase"}
     assert o["shape"] >= 0.98 and o["motion"] >= 0.98
     assert o["ghost"] == o["fringe"] == o["speck"] == o["extra"] == o["missing"] == 0.0
     assert 0.8 < o["step_ratio"] < 1.25 and 0.8 < o["change_ratio"] < 1.25

@@ -19,6 +19,8 @@ from framecast.pipeline import Pipeline
 # figure -> (label, goal, old suite's (group, key) or None); a goal below 1.5 is a floor, else a ceiling
 FIGURES: tuple[tuple[str, str, float | None, tuple[str, str] | None], ...] = (
     ("exact", "frames with exactly the prompted objects", 0.95, None),
+    ("exact_first", "  in the first 1 s", None, None),
+    ("exact_last", "  in the last 1 s", None, None),
     ("extra", "frames with an extra object", None, None),
     ("missing", "frames missing a prompted object", None, None),
     ("ghost", "frames with a ghost", None, None),
@@ -116,8 +118,8 @@ def _old_only(r: EvalResult | None) -> list[str]:
 
 
 def _group_table(title: str, groups: dict[str, dict[str, float]]) -> list[str]:
-    head = f"{title:<16}" + " ".join(f"{c:>16}" for c in GROUP_COLUMNS)
-    rows = [f"{name:<16}" + " ".join(f"{g[c]:>16.3f}" for c in GROUP_COLUMNS) for name, g in groups.items()]
+    head = f"{title:<22}" + " ".join(f"{c:>16}" for c in GROUP_COLUMNS)
+    rows = [f"{name:<22}" + " ".join(f"{g[c]:>16.3f}" for c in GROUP_COLUMNS) for name, g in groups.items()]
     return ["", head, "-" * len(head), *rows]
 
 
@@ -128,7 +130,8 @@ def format_viewer_table(r: ViewerEvalResult) -> str:
     intro = (f"viewer eval: {s['cases']} clips of {s['seconds']:g} s from the first frame "
              f"({s['seeds']} seeds, wordings {', '.join(s['wordings'])})")
     lines = [intro, "", *_main_table(r), *_old_only(r.old)]
-    for title, groups in (("by shape", v.by_shape), ("by motion", v.by_motion), ("by objects", v.by_objects),
-                          ("by wording", v.by_wording)):
+    groups_ = (("by shape", v.by_shape), ("by motion", v.by_motion), ("by objects", v.by_objects),
+               ("by background", v.by_background), ("by wording", v.by_wording))
+    for title, groups in groups_:
         lines += _group_table(title, groups)
     return "\n".join(lines)

@@ -4,10 +4,12 @@ Every frame (uint8 (H, W, 3)) is read by `framecast.world.readback.read_frame`. 
 matched, per frame, to the largest detected object of its color (the world's objects have distinct colors).
 Per frame:
 
-* exact: as many objects as prompted and every prompted object matched (none missing, none extra);
-* extra: an object (16 px or more) that no prompted object matched; missing: a prompted object unmatched;
-* ghost: a fragment (4-15 px) within `GHOST_REACH` px of an object, or an extra object within that reach
-  of a matched one (a split or a trailing copy);
+* ghost: a fragment (4-15 px) within `GHOST_REACH` px of an object, or an unmatched object of a color no
+  prompted object has within that reach of a matched one (a trailing piece in another color); such a piece
+  is a ghost, not an object;
+* extra: any other object (16 px or more) that no prompted object matched (a copy, a second blob of the
+  prompted color, a far object of another color); missing: a prompted object unmatched;
+* exact: every prompted object matched and nothing extra;
 * fringe: an object with at least `FRINGE_PIXELS` off-color rim pixels (readback.off_color_pixels);
 * speck: a fragment away from every object;
 * clean: exact and no ghost, fringe or speck;
@@ -60,16 +62,24 @@ def _gap(a: Detection, b: Detection) -> float:
     return float(max(a.bbox[0] - b.bbox[2], b.bbox[0] - a.bbox[2], a.bbox[1] - b.bbox[3], b.bbox[1] - a.bbox[3], 0))
 
 
+def _ghost_objects(unmatched: list[Detection], found: list[Detection], prompted: tuple[ObjectSpec, ...],
+                   reach: float) -> list[Detection]:
+    """Unmatched objects of a color no prompted object has, within `reach` px of a matched object: ghosts."""
+    colors = {p.color for p in prompted}
+    return [d for d in unmatched if d.color not in colors and any(_gap(d, m) <= reach for m in found)]
+
+
 def _frame_flags(r: FrameReading, prompted: tuple[ObjectSpec, ...], bg: Background, scale: float) -> dict[str, bool]:
     matched = _match(r.objects, prompted)
     found = [m for m in matched if m is not None]
-    extras = [d for d in r.objects if all(d is not m for m in found)]
-    near = any(_gap(e, m) <= GHOST_REACH * scale for e in extras for m in found)
+    unmatched = [d for d in r.objects if all(d is not m for m in found)]
+    ghosts = _ghost_objects(unmatched, found, prompted, GHOST_REACH * scale)
+    extras = [d for d in unmatched if all(d is not g for g in ghosts)]
     flags = {
-        "exact": len(r.objects) == len(prompted) and len(found) == len(prompted),
+        "exact": not extras and len(found) == len(prompted),
         "extra": bool(extras),
         "missing": len(found) < len(prompted),
-        "ghost": r.ghosts > 0 or near,
+        "ghost": r.ghosts > 0 or bool(ghosts),
         "fringe": r.fringe >= FRINGE_PIXELS * scale**2,
         "speck": r.specks > 0,
         "background": r.background == bg,

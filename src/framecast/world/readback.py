@@ -1,4 +1,4 @@
-"""Reading a frame back as a viewer sees it: objects, fragments, off-color fringes, faint trails, background.
+"""Reading a frame back as a viewer sees it: objects, fragments, off-color fringes, background.
 
 Builds on the detector (detect.py) and uses its row background and foreground threshold. For one frame
 (H, W, 3) uint8:
@@ -6,15 +6,13 @@ Builds on the detector (detect.py) and uses its row background and foreground th
 * objects: `detect_objects` (foreground components of at least `MIN_AREA` px, 16 at 64 px);
 * fragments: foreground components of `FRAGMENT_AREA` (4 px at 64 px) up to `MIN_AREA`, each with whether
   it lies within `GHOST_REACH` px of an object (a ghost) or away from every object (a speck);
-* fringe: per object, the pixels that are no mix of the background and the object's own color (their
-  distance from the segment background -> object color is over `OFF_COLOR`): another color stuck to it;
-* faint: pixels faintly off the background (distance in (`FAINT`, `FG_THRESHOLD`]) at least 3 px from any
-  foreground pixel, e.g. a pale trail behind a moving object;
+* fringe: per object, its rim pixels of another color (`off_color_pixels`): no mix of the background and
+  the object's own color, e.g. a yellow crescent behind a black circle, a dark halo around a white triangle;
 * background: the nearest palette colors of the row background at the top and the bottom (mean of 3 rows
   each); a solid background when both agree.
 
 Areas and distances scale with `scale^2` and `scale` (`frame_scale`). The world's own renders have no
-fragments, fringes or faint pixels (tests/test_eval_viewer.py).
+fragments or fringes (tests/test_eval_viewer.py).
 """
 
 from __future__ import annotations
@@ -34,12 +32,11 @@ from framecast.world.detect import (
     nearest_color,
 )
 from framecast.world.scene import Background, frame_scale
+from framecast.world.vocab import MIN_CONTRAST
 
 FRAGMENT_AREA = 4.0  # smallest fragment counted, px at 64 px (scaled by scale^2); smaller ones are noise
 GHOST_REACH = 3  # px at 64 px: a fragment this close to an object is that object's ghost
-OFF_COLOR = FG_THRESHOLD  # distance (RGB) from the background -> object color segment that marks another color
-FAINT = 0.5 * FG_THRESHOLD  # distance from the background of a faint pixel (up to FG_THRESHOLD)
-FAINT_CLEARANCE = 3  # px at 64 px: faint pixels this close to the foreground are its anti-aliased edge
+OFF_COLOR = 0.75 * MIN_CONTRAST  # distance (RGB) from the background -> object color segment: another color
 EDGE_ROWS = 3  # rows averaged at the top and the bottom to read the background's ends
 
 
@@ -47,15 +44,14 @@ EDGE_ROWS = 3  # rows averaged at the top and the bottom to read the background'
 class FrameReading:
     """What a viewer sees in one frame.
 
-    `ghosts` / `specks`: fragments near an object / away from every object; `fringe`: off-color pixels of
-    the object with the most; `faint`: faint pixels away from the foreground; `background`: read from the frame.
+    `ghosts` / `specks`: fragments near an object / away from every object; `fringe`: off-color rim pixels
+    of the object with the most; `background`: read from the frame.
     """
 
     objects: tuple[Detection, ...]
     ghosts: int
     specks: int
     fringe: int
-    faint: int
     background: Background
 
 
@@ -120,12 +116,10 @@ def read_frame(frame: np.ndarray) -> FrameReading:
     counts = np.bincount(labels[labels >= 0], minlength=1)
     big = np.flatnonzero(counts >= MIN_AREA * scale**2)
     ghosts, specks = _fragments(labels, big, scale)
-    clear = ~_grow(labels >= 0, max(1, round(FAINT_CLEARANCE * scale)))
     return FrameReading(
         objects=tuple(detect_objects(frame)),
         ghosts=ghosts,
         specks=specks,
         fringe=_fringe(img, bg, dist, labels, big),
-        faint=int(((dist > FAINT) & clear).sum()),
         background=background,
     )
