@@ -78,6 +78,14 @@ SCENARIOS: dict[str, tuple[dict, dict, int | None, list[float] | None]] = {
         None,
         [1.0, 0.6, 0.9],
     ),
+    "renoise": ({}, dict(REFRESH, sampler="renoise"), None, None),  # the anchors' sampler
+    "renoise_guided_switch": ({}, dict(REFRESH, sampler="renoise", guidance=3.0, context_noise=0.2), 4, None),
+    "renoise_v2v": (
+        dict(structure_channels=tiny_config().in_channels),
+        dict(REFRESH, sampler="renoise", timesteps=(700, 500, 400, 200), shift=8.0),
+        None,
+        [1.0, 0.6, 0.9],
+    ),
     "v2v_refiner_guided": (
         dict(structure_channels=tiny_config().in_channels, refiner_channels=8),
         dict(REFRESH, guidance=3.0, context_noise=0.2),

@@ -220,15 +220,20 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context-noise", type=float, default=None, help=f"noise of finished chunks in the cache {model}")
     p.add_argument("--switch-passes", type=int, default=None, metavar="N",
                    help=f"a prompt change also reaches chunks in flight with fewer than N passes, 0 = off {model}")
+    p.add_argument("--sampler", choices=("euler", "renoise"), default=None,
+                   help=f"step between noise levels: euler, or renoise (x0 noised afresh, as the distilled "
+                        f"checkpoints sample) {model}")
 
 
 def _sampling_overrides(a: argparse.Namespace) -> dict[str, Any]:
-    """StreamConfig fields set on the command line (--steps, --guidance, --context-noise, --switch-passes)."""
+    """StreamConfig fields set on the command line (--steps, --guidance, --context-noise, --switch-passes,
+    --sampler)."""
     named = {
         "steps": a.steps,
         "guidance": a.guidance,
         "context_noise": a.context_noise,
         "switch_passes": a.switch_passes,
+        "sampler": a.sampler,
     }
     return {k: v for k, v in named.items() if v is not None}
 

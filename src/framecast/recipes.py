@@ -16,6 +16,8 @@ Mapping rules (the anchors' code, read for each value):
   `window_chunks` = (cache frames - sink frames - chunk frames) / chunk frames.
 - guidance: the distilled checkpoints run without classifier-free guidance (the `guidance_scale` in their configs
   is the teacher's, for training).
+- sampler: every one of them steps between its timesteps by predicting x0 and re-noising it to the next timestep
+  with fresh noise (`sampler="renoise"`), not by an Euler step.
 """
 
 from __future__ import annotations
@@ -63,25 +65,25 @@ class Recipe:
 
 _SF = "guandeh17/Self-Forcing@33593df"
 _EVEN = dict(steps=4, shift=5.0, timesteps=())  # warped 1000/750/500/250 at shift 5 = the even grid at shift 5
-_RENOISE = "between steps the anchor re-noises its x0 prediction with fresh noise; framecast takes an Euler step"
+_FRESH = dict(sampler="renoise")  # x0 re-noised with fresh noise between steps, as every anchor samples
 
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe(
             "self-forcing", "Self-Forcing (DMD), Wan2.1-T2V-1.3B", 3,
-            dict(_EVEN, window_chunks=6, sink_chunks=0, clean_pass=True, context_noise=0.0, guidance=1.0),
+            dict(_EVEN, **_FRESH, window_chunks=6, sink_chunks=0, clean_pass=True, context_noise=0.0, guidance=1.0),
             files="Wan2.1-T2V-1.3B/ + self_forcing_dmd.pt (generator_ema, else generator)",
             match=("self_forcing", "selfforcing"),
             source=f"{_SF}: configs/self_forcing_dmd.yaml (denoising_step_list, warp_denoising_step, timestep_shift, "
             "num_frame_per_block), configs/default_config.yaml (context_noise 0), wan/modules/causal_model.py "
             "(local_attn_size -1: 32760 tokens = 21 latent frames, sink_size 0), pipeline/causal_inference.py "
             "(a t = 0 pass writes the cache)",
-            differs=f"the anchor stops at 21 latent frames, framecast rolls the window; {_RENOISE}",
+            differs="the anchor stops at 21 latent frames, framecast rolls the window",
         ),
         Recipe(
             "causvid", "CausVid (DMD), Wan2.1-T2V-1.3B", 3,
-            dict(steps=3, shift=1.0, timesteps=(1000.0, 757.0, 522.0), window_chunks=6, sink_chunks=0,
+            dict(_FRESH, steps=3, shift=1.0, timesteps=(1000.0, 757.0, 522.0), window_chunks=6, sink_chunks=0,
                  clean_pass=True, context_noise=0.0, guidance=1.0),
             files="Wan2.1-T2V-1.3B/ + autoregressive_checkpoint/model.pt (generator)",
             match=("causvid", "autoregressive_checkpoint"),
@@ -89,11 +91,11 @@ RECIPES: dict[str, Recipe] = {
             "warp_denoising_step false, num_frame_per_block 3), causvid/models/wan/causal_inference.py (the "
             "trailing 0 dropped, KV cache 32760 tokens = 21 latent frames, a t = 0 pass writes the cache), "
             "minimal_inference/autoregressive_inference.py (model.pt, key generator)",
-            differs=f"the anchor stops at 21 latent frames, framecast rolls the window; {_RENOISE}",
+            differs="the anchor stops at 21 latent frames, framecast rolls the window",
         ),
         Recipe(
             "streamdiffusionv2", "StreamDiffusionV2 (video to video), Wan2.1-T2V-1.3B or 14B", 1,
-            dict(steps=2, shift=1.0, timesteps=(700.0, 500.0, 400.0, 200.0), window_chunks=2, sink_chunks=3,
+            dict(_FRESH, steps=2, shift=1.0, timesteps=(700.0, 500.0, 400.0, 200.0), window_chunks=2, sink_chunks=3,
                  clean_pass=False, context_noise=0.0, guidance=1.0),
             files="Wan2.1-T2V-1.3B/ + wan_causal_dmd_v2v/model.pt (14B: wan_causal_dmd_v2v_14b/model.pt); "
             "optional taew2_1.pth",
@@ -104,11 +106,11 @@ RECIPES: dict[str, Recipe] = {
             "streamv2v/inference_common.py (first N of the list), models/wan/causal_stream_inference.py (cache "
             "= num_kv_cache latent frames incl. the sinks and the frame being denoised; no t = 0 pass)",
             differs="the anchor refreshes its sinks when a frame is unlike them (adapt_sink_threshold 0.2) and "
-            f"sets the first timestep from the input's motion; framecast keeps the first frames as sinks; {_RENOISE}",
+            "sets the first timestep from the input's motion; framecast keeps the first frames as sinks",
         ),
         Recipe(
             "longlive", "LongLive 1.0, Wan2.1-T2V-1.3B", 3,
-            dict(_EVEN, window_chunks=2, sink_chunks=1, clean_pass=True, context_noise=0.0, guidance=1.0),
+            dict(_EVEN, **_FRESH, window_chunks=2, sink_chunks=1, clean_pass=True, context_noise=0.0, guidance=1.0),
             files="Wan2.1-T2V-1.3B/ + longlive_base.pt and lora.pt (LoRA rank 256, alpha 256)",
             match=("longlive",),
             source="NVlabs/LongLive@c484b60 (LongLive 1.0; later commits are LongLive 2.0 on Wan2.2-5B): "
@@ -117,11 +119,11 @@ RECIPES: dict[str, Recipe] = {
             "global_sink, context_noise 0), pipeline/causal_inference.py (cache = local_attn_size latent frames "
             "incl. sink and current block), pipeline/interactive_causal_inference.py (re-cache on a switch)",
             differs="on a prompt switch the anchor re-encodes the last window under the new prompt (KV re-cache); "
-            f"framecast reconditions in flight (switch_passes, blend_chunks); {_RENOISE}",
+            "framecast reconditions in flight (switch_passes, blend_chunks)",
         ),
         Recipe(
             "reward-forcing", "Reward Forcing, Wan2.1-T2V-1.3B", 3,
-            dict(_EVEN, window_chunks=1, sink_chunks=1, clean_pass=True, context_noise=0.0, guidance=1.0),
+            dict(_EVEN, **_FRESH, window_chunks=1, sink_chunks=1, clean_pass=True, context_noise=0.0, guidance=1.0),
             files="Wan2.1-T2V-1.3B/ + Reward-Forcing-T2V-1.3B/rewardforcing.pt",
             match=("rewardforcing", "reward_forcing"),
             source="YepicAI/Reward-Forcing@944b3ca (a fork of JaydenLu666/Reward-Forcing): configs/reward_forcing.yaml "
@@ -129,21 +131,21 @@ RECIPES: dict[str, Recipe] = {
             "sink_size 3), configs/default_config.yaml (context_noise 0), wan/modules/causal_model.py (EMA sink, "
             "compression_alpha 0.999)",
             differs="the anchor blends evicted frames into its sink (EMA, alpha 0.999); framecast's sink stays the "
-            f"first chunk; {_RENOISE}",
+            "first chunk",
         ),
         Recipe(
             "causal-forcing", "Causal Forcing, chunk-wise, Wan2.1-T2V-1.3B", 3,
-            dict(_EVEN, window_chunks=6, sink_chunks=0, clean_pass=True, context_noise=0.0, guidance=1.0),
+            dict(_EVEN, **_FRESH, window_chunks=6, sink_chunks=0, clean_pass=True, context_noise=0.0, guidance=1.0),
             files="Wan2.1-T2V-1.3B/ + chunkwise/causal_forcing.pt",
             match=("causal_forcing",),
             source="thu-ml/Causal-Forcing@1fc7bbc: configs/causal_forcing_dmd_chunkwise.yaml (denoising_step_list, "
             "warp_denoising_step, timestep_shift 5, num_frame_per_block 3; no local_attn_size: 21 latent frames), "
             "configs/default_config.yaml (context_noise 0)",
-            differs=f"the anchor stops at 21 latent frames, framecast rolls the window; {_RENOISE}",
+            differs="the anchor stops at 21 latent frames, framecast rolls the window",
         ),
         Recipe(
             "causal-forcing-framewise", "Causal Forcing (and ++), frame-wise, Wan2.1-T2V-1.3B", 1,
-            dict(_EVEN, window_chunks=20, sink_chunks=0, clean_pass=True, context_noise=0.0, guidance=1.0),
+            dict(_EVEN, **_FRESH, window_chunks=20, sink_chunks=0, clean_pass=True, context_noise=0.0, guidance=1.0),
             files="Wan2.1-T2V-1.3B/ + framewise/causal_forcing.pt (--steps 2 / 1: causal-forcing++/"
             "framewise-2step.pt / framewise-1step.pt)",
             match=("causal_forcing_framewise",),
@@ -151,11 +153,11 @@ RECIPES: dict[str, Recipe] = {
             "1000/750/500/250 warped at shift 5), configs/causal_forcing_dmd_framewise_2step.yaml (1000/500) and "
             "_1step.yaml (1000): the even grid at 2 and 1 steps",
             differs="Causal Forcing++ runs its first chunk with 4 steps (denoising_step_list_first_chunk); framecast "
-            f"runs every chunk with `steps`; {_RENOISE}",
+            "runs every chunk with `steps`",
         ),
         Recipe(
             "krea-14b", "Krea Realtime 14B, Wan2.1-T2V-14B", 3,
-            dict(steps=4, shift=1.0, timesteps=(1000.0, 937.0, 833.0, 625.0), window_chunks=1, sink_chunks=0,
+            dict(_FRESH, steps=4, shift=1.0, timesteps=(1000.0, 937.0, 833.0, 625.0), window_chunks=1, sink_chunks=0,
                  clean_pass=True, context_noise=0.0, guidance=1.0),
             dit="wan-14b",
             files="Wan2.1-T2V-14B/ + krea-realtime-video-14b.safetensors",
@@ -164,7 +166,7 @@ RECIPES: dict[str, Recipe] = {
             "1000/937/833/625/0, warp_denoising_step false, num_frame_per_block 3), release_server.py "
             "(kv_cache_num_frames 3: the context is 3 latent frames, recomputed from clean latents each block)",
             differs="the anchor's 3 context frames are the first latent frame and the last two, recomputed every "
-            f"block; framecast keeps the last chunk (3 frames) in its ring; {_RENOISE}",
+            "block; framecast keeps the last chunk (3 frames) in its ring",
         ),
     )
 }  # fmt: skip
@@ -242,8 +244,8 @@ def describe(r: Recipe) -> str:
     cache = f"{s.sink_chunks} sink + {s.window_chunks} window chunk(s)"
     clean = "t=0 pass writes the cache" if s.clean_pass else "last step's keys cached"
     return (
-        f"{r.name:<25}{r.title}\n{'':<25}{steps}, shift {s.shift:g}, {r.chunk_frames} latent frame(s)/chunk, {cache}, "
-        f"{clean}\n{'':<25}on disk: {r.files}"
+        f"{r.name:<25}{r.title}\n{'':<25}{steps}, shift {s.shift:g}, {s.sampler} sampler, {r.chunk_frames} latent "
+        f"frame(s)/chunk, {cache}, {clean}\n{'':<25}on disk: {r.files}"
     )
 
 

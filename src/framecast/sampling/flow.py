@@ -1,8 +1,10 @@
 """Flow-matching few-step sampling as pure functions.
 
 Convention (Wan2.1, rectified flow): x_s = (1 - s) * x0 + s * noise for noise level s in [0, 1],
-timestep t = 1000 * s, and the model predicts the velocity v = noise - x0. An Euler step from s to
-s' is x_{s'} = x_s + (s' - s) * v. Nothing here holds state; randomness comes in as a generator.
+timestep t = 1000 * s, and the model predicts the velocity v = noise - x0. Two samplers step from s to s':
+Euler, x_{s'} = x_s + (s' - s) * v (deterministic), and re-noise, x_{s'} = (1 - s') * x0 + s' * fresh noise with
+x0 = x_s - s * v (the few-step samplers of CausVid, Self-Forcing and their kin). At s' = 0 both give x0.
+Nothing here holds state; randomness comes in as a generator or as drawn noise.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from framecast.errors import InputError
 
 MAX_STEPS = 4
 DEFAULT_SHIFT = 5.0
+SAMPLERS = ("euler", "renoise")  # `StreamConfig.sampler`: `euler_step`, `renoise_step`
 
 
 def shift_sigma(sigma: Tensor, shift: float) -> Tensor:
@@ -74,6 +77,15 @@ def timesteps(sig: Tensor) -> Tensor:
 def euler_step(x: Tensor, velocity: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
     """One Euler step of the flow ODE. sigma, sigma_next broadcast against x (e.g. (B, 1, F, 1, 1))."""
     return x + (sigma_next - sigma).to(x.dtype) * velocity
+
+
+def renoise_step(x: Tensor, velocity: Tensor, sigma: Tensor, sigma_next: Tensor, noise: Tensor) -> Tensor:
+    """One re-noise step: the clean estimate x0 = x - sigma * v noised afresh to sigma_next,
+    (1 - sigma_next) * x0 + sigma_next * noise. sigma, sigma_next broadcast against x (e.g. (B, 1, F, 1, 1));
+    `noise` is x's shape (where sigma_next is 0 it is not used: any finite values)."""
+    x0 = predict_x0(x, velocity, sigma)
+    s = sigma_next.to(x0.dtype)
+    return (1 - s) * x0 + s * noise
 
 
 def predict_x0(x: Tensor, velocity: Tensor, sigma: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from framecast.errors import InputError
-from framecast.sampling.flow import DEFAULT_SHIFT, MAX_STEPS, listed_sigmas, sdedit_sigmas, sigmas
+from framecast.sampling.flow import DEFAULT_SHIFT, MAX_STEPS, SAMPLERS, listed_sigmas, sdedit_sigmas, sigmas
 
 MAX_GUIDANCE = 20.0
 MAX_TIMESTEPS = 8  # longest explicit timestep list (its first `steps` are used)
@@ -41,6 +41,10 @@ class StreamConfig:
     context_noise:  noise level at which the clean pass reads a finished chunk into the cache (0: clean).
                     A little noise hides the model's own small errors from the chunks after it, so they do
                     not compound over a long stream; needs `clean_pass`.
+    sampler:        how a chunk steps between noise levels: "euler" (default), x + (s' - s) v; or "renoise",
+                    the clean estimate x0 = x - s v noised afresh to s' (CausVid, Self-Forcing and kin), with
+                    `steps - 1` noise draws per chunk from the stream's own re-noise generator, made when the
+                    chunk is admitted (so both schedules draw the same). The last step gives x0 in both.
     """
 
     steps: int = 4
@@ -55,6 +59,7 @@ class StreamConfig:
     guidance: float = 1.0
     context_noise: float = 0.0
     timesteps: tuple[float, ...] = ()
+    sampler: str = "euler"
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
@@ -78,6 +83,8 @@ class StreamConfig:
             raise InputError(f"context_noise must be in [0, 1), got {self.context_noise}")
         if self.context_noise and not self.clean_pass:
             raise InputError("context_noise needs clean_pass: only the clean pass reads a finished chunk")
+        if self.sampler not in SAMPLERS:
+            raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
 
     def _check_timesteps(self) -> None:
         if isinstance(self.timesteps, (str, bytes)) or not isinstance(self.timesteps, (tuple, list)):

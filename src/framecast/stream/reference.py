@@ -7,6 +7,8 @@ The rule it spells out (docs/architecture.md, "What a chunk sees"): chunk n runs
 `cfg.final_pass`: the clean pass with `clean_pass`, else the last denoising pass) at tick n + j, and at pass j
 it sees chunk c = n - m (m >= 1) as it was at pass min(j + m, final), if c is a sink or m <= window. Keys are
 cached after RoPE: a key written at tick w and read at tick r moves by the refresh between their epochs.
+After each denoising pass the chunk steps to its next level: Euler, or (sampler "renoise") its clean estimate
+noised afresh, with the `steps - 1` draws it took from the re-noise generator when it started.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from framecast.errors import InputError
 from framecast.models.config import DiTConfig
 from framecast.models.dit import CausalWanDiT, CrossKV, PastKV
 from framecast.models.rope import shift_frames
-from framecast.sampling.flow import add_noise, noise_like
+from framecast.sampling.flow import add_noise, noise_like, renoise_step
 from framecast.stream.config import StreamConfig
 from framecast.stream.positions import PositionPlan
-from framecast.stream.state import CONTEXT_SEED, ChunkInput, Condition
+from framecast.stream.state import CONTEXT_SEED, RENOISE_SEED, ChunkInput, Condition
 
 KV = dict[tuple[int, int], tuple[list[Tensor], list[Tensor]]]  # (chunk, pass) -> keys, values per layer (1, N, h, hd)
 
@@ -49,6 +51,7 @@ def reference_stream(
     plan = PositionPlan(cfg, cf)
     gen = torch.Generator().manual_seed(seed)  # the noise each chunk starts from
     ctx_gen = torch.Generator().manual_seed(seed + CONTEXT_SEED)  # the clean pass's context noise
+    fresh_gen = torch.Generator().manual_seed(seed + RENOISE_SEED)  # the re-noise sampler's noise
     shape = (1, mc.in_channels, cf, mc.latent_height, mc.latent_width)
     caches: list[KV] = [{}, {}]  # the prompt's keys/values, the empty prompt's (guided)
     done = []
@@ -57,6 +60,8 @@ def reference_stream(
         branches = [(cond, caches[0])] + ([(null, caches[1])] if cfg.guided and null is not None else [])
         inp = inputs[n] if inputs is not None and n < len(inputs) else None
         noise = noise_like(shape, gen, dtype=torch.float32)  # (1, C, cf, H, W)
+        renoise = cfg.sampler == "renoise"
+        fresh = [noise_like(shape, fresh_gen) for _ in range(cfg.steps - 1)] if renoise else []  # steps 1..
         x, sig, structure = noise, cfg.noise_levels(), None  # sig: (steps + 1,)
         if inp is not None:  # SDEdit: start from the input noised to s, the schedule restricted to [0, s]
             x, sig = add_noise(inp.latent, noise, inp.strength), cfg.noise_levels(inp.strength)
@@ -78,7 +83,10 @@ def reference_stream(
                 vs.append(out.velocity)  # (1, C, cf, H, W)
             if j < cfg.steps:
                 v = vs[0] if len(vs) == 1 else vs[1] + cfg.guidance * (vs[0] - vs[1])
-                x = x + (sig[j + 1] - sig[j]) * v  # Euler step
+                if renoise:  # x0 noised afresh to the next level (the last level is 0: x0)
+                    x = renoise_step(x, v, sig[j], sig[j + 1], fresh[j] if j + 1 < cfg.steps else torch.zeros_like(x))
+                else:
+                    x = x + (sig[j + 1] - sig[j]) * v  # Euler step
         done.append(x[0])  # (C, cf, H, W)
     return torch.stack(done)
 

@@ -8,6 +8,9 @@ chunk n - m as it was at pass min(j + m, final), plus the sinks, within the wind
 * Sequential: one chunk at a time; the pass of chunk n at step j counts as tick n + j. Keys of passes
   1..final-1 are staged for the next chunks, which would have seen them in flight.
 
+Sampler: "euler" steps every frame by x + (s' - s) v; "renoise" (`flow.renoise_step`) noises each chunk's clean
+estimate afresh to its next level, with the `steps - 1` draws its chunk took when admitted (`InFlight.renoise`).
+
 Context noise: the clean pass reads its chunk noised to `context_noise` (fresh noise from the stream's
 context generator, one draw per chunk in chunk order), at that timestep; the emitted latent stays clean.
 Guidance: a guided stream keeps a second cache for the empty prompt (`rings[1]`, the same slots, one store);
@@ -29,7 +32,7 @@ from torch import Tensor
 
 from framecast.errors import InputError
 from framecast.models.dit import CrossKV, PastKV
-from framecast.sampling.flow import add_noise
+from framecast.sampling.flow import add_noise, renoise_step
 from framecast.stream.request import PassRequest, PassResult
 from framecast.stream.state import ChunkInput, Condition, InFlight, PassTable, StreamState
 
@@ -46,8 +49,17 @@ def admit(state: StreamState, cond: Condition) -> None:
         x, strength = add_noise(latent, x, inp.strength), inp.strength
         structure = latent if state.structured else None
     state.x = x if state.x is None else torch.cat([state.x, x], 2)
-    state.inflight.append(InFlight(state.next_chunk, 0, cond, strength, structure))
+    fresh = None if state.renoise is None else _fresh_noise(state)
+    state.inflight.append(InFlight(state.next_chunk, 0, cond, strength, structure, fresh))
     state.next_chunk += 1
+
+
+def _fresh_noise(state: StreamState) -> Tensor:
+    """The re-noise sampler's noise of a new chunk's steps 1..steps-1: (steps - 1, C, cf, H, W), drawn in chunk
+    order from the stream's re-noise generator (so both schedules draw the same)."""
+    draws = state.renoise
+    assert draws is not None
+    return torch.cat([draws.next() for _ in range(state.cfg.steps - 1)])
 
 
 def recondition(state: StreamState, cond: Condition) -> None:
@@ -92,7 +104,9 @@ def apply_result(state: StreamState, res: PassResult) -> list[Tensor]:
     rows, cf, ring, table = state.inflight, state.latent_shape[1], state.ring, _table(state, state.inflight)
     x, v = state.x, res.velocity  # (1, C, F, H, W) each
     assert x is not None
-    if table.dsigma is not None:  # Euler step of every frame, with euler_step's arithmetic
+    if table.sigma is not None and table.sigma_next is not None:  # re-noise step of every frame
+        x = renoise_step(x, v, table.sigma, table.sigma_next, _row_noise(state, rows, x))
+    elif table.dsigma is not None:  # Euler step of every frame, with euler_step's arithmetic
         dv = table.dsigma * v
         x = x + (dv if dv.dtype == v.dtype else dv.to(v.dtype))
     for i in range(table.final):  # guided: both rows at once, the empty prompt's into its own ring
@@ -107,6 +121,15 @@ def apply_result(state: StreamState, res: PassResult) -> list[Tensor]:
         state.inflight = rows[table.final :]
         state.x = x[:, :, table.final * cf :] if state.inflight else None
     return done
+
+
+def _row_noise(state: StreamState, rows: list[InFlight], x: Tensor) -> Tensor:
+    """Fresh noise (1, C, F, H, W) of the row: each chunk's draw for its next level, zeros where that level is 0
+    (its last step, its clean pass)."""
+    last, (C, cf, H, W) = state.cfg.steps - 1, state.latent_shape
+    zeros = x.new_zeros((C, cf, H, W))
+    parts = [r.renoise[r.next_pass] if r.renoise is not None and r.next_pass < last else zeros for r in rows]
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, 1))[None]
 
 
 def _table(state: StreamState, rows: list[InFlight]) -> PassTable:
@@ -136,13 +159,26 @@ def _make_table(state: StreamState, passes: list[int], strengths: list[float]) -
     d = torch.stack([s[j + 1] - s[j] if j < steps else zero for s, j in rows]).repeat_interleave(cf)
     leaving = sum(j == final for j in passes)
     assert all(j == final for j in passes[:leaving]), "chunks leave the row oldest first"
+    stepping = any(j < steps for j in passes)
+    sig = _renoise_levels(rows, steps, cf, device) if cfg.sampler == "renoise" and stepping else (None, None)
     return PassTable(
         t=t[None].to(device).expand(cfg.rows, -1),
-        dsigma=d.view(1, 1, -1, 1, 1).to(device) if any(j < steps for j in passes) else None,
+        dsigma=d.view(1, 1, -1, 1, 1).to(device) if stepping else None,
+        sigma=sig[0],
+        sigma_next=sig[1],
         final=leaving,
         staged=[] if cfg.batch_steps else [(i, j) for i, j in enumerate(passes) if 1 <= j < final],
         emitted=[i for i, j in enumerate(passes) if j == steps - 1],
     )
+
+
+def _renoise_levels(rows: list[tuple[Tensor, int]], steps: int, cf: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """sigma and sigma_next (1, 1, F, 1, 1) of every frame of a row of (levels, pass) chunks; 0 and 0 for a chunk at
+    its clean pass, which takes no step (the re-noise step then leaves it as it is)."""
+    zero = torch.zeros((), dtype=rows[0][0].dtype)
+    now = torch.stack([s[j] if j < steps else zero for s, j in rows]).repeat_interleave(cf)
+    nxt = torch.stack([s[j + 1] if j < steps else zero for s, j in rows]).repeat_interleave(cf)
+    return now.view(1, 1, -1, 1, 1).to(device), nxt.view(1, 1, -1, 1, 1).to(device)
 
 
 def _ring_slots(state: StreamState, newest: int) -> tuple[list[int], list[int]]:

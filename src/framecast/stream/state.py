@@ -23,6 +23,7 @@ from framecast.stream.memo import BoundedCache
 from framecast.stream.positions import PositionPlan
 
 CONTEXT_SEED = 0x5EED  # the clean pass's noise comes from its own generator, seeded seed + this
+RENOISE_SEED = 0xE1F0  # the re-noise sampler's fresh noise comes from its own generator, seeded seed + this
 NOISE_BLOCK = 8  # chunks of noise drawn at once where that gives the same numbers (`NoiseDraws`)
 
 
@@ -64,6 +65,7 @@ class InFlight:
     cond: Condition
     strength: float = 1.0
     structure: Tensor | None = None  # (1, C, cf, H, W) its encoded input, for a model with a structure input
+    renoise: Tensor | None = None  # (steps - 1, C, cf, H, W) fresh noise of its steps 1.. (sampler "renoise")
 
 
 @dataclass
@@ -72,6 +74,8 @@ class PassTable:
 
     t: Tensor  # (R, F) timesteps (R: the stream's rows, 2 when guided; a view of one row)
     dsigma: Tensor | None  # (1, 1, F, 1, 1) Euler step sigma_next - sigma of each frame (0: no step); None: none
+    sigma: Tensor | None  # (1, 1, F, 1, 1) sigma, then sigma_next, of each frame (0, 0: no step): sampler "renoise"
+    sigma_next: Tensor | None  # only (None with "euler")
     final: int  # rows at their final pass (the first ones: they leave the row)
     staged: list[tuple[int, int]]  # (row, pass) of rows whose keys/values are staged (sequential)
     emitted: list[int]  # rows whose chunk is finished by this pass
@@ -126,6 +130,7 @@ class StreamState:
     inputs: deque[ChunkInput] = field(default_factory=deque)  # video to video: inputs of the next chunks, in order
     null: Condition | None = None  # the empty prompt's condition: the unconditional row of guidance
     context_noise: NoiseDraws | None = None  # noise of the clean pass (`StreamConfig.context_noise`)
+    renoise: NoiseDraws | None = None  # fresh noise of the re-noise sampler (`StreamConfig.sampler`), steps > 1
     structured: bool = False  # the model takes a structure input: inputs also go in as `InFlight.structure`
     decoder: DecoderState | None = None  # what the autoencoder carries between chunks (None until the first decode)
     memo: StreamMemo = field(default_factory=StreamMemo)
@@ -150,10 +155,12 @@ class StreamState:
         rings = ring_rows(cfg.rows, *dims, stage)
         shape = (mc.in_channels, mc.chunk_frames, mc.latent_height, mc.latent_width)
         ctx = NoiseDraws(seed + CONTEXT_SEED, shape, device) if cfg.context_noise else None
+        renoise = cfg.sampler == "renoise" and cfg.steps > 1
+        fresh = NoiseDraws(seed + RENOISE_SEED, shape, device) if renoise else None
         plan = PositionPlan(cfg, mc.chunk_frames, device)
         return cls(
             cfg, plan, rings, NoiseDraws(seed, shape, device), cfg.noise_levels(), shape,
-            null=null, context_noise=ctx, structured=mc.structure_channels > 0,
+            null=null, context_noise=ctx, renoise=fresh, structured=mc.structure_channels > 0,
         )  # fmt: skip
 
     @property
