@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from framecast.evaluation.viewer import ViewerCase, ViewerSettings, run_viewer
-from framecast.io.frames import uint8_to_frames
 from framecast.pipeline import Pipeline
 from framecast.world import render
 
