@@ -49,8 +49,8 @@ PARAPHRASE_MOTIONS = MappingProxyType(
         "bounce": ("rebounding off the edges", "caroming from side to side"),
     }
 )
-# {c}: a color word; {t}, {b}: the gradient's top and bottom colors; {it}: "it" or "them".
-PARAPHRASE_SOLID = ("in front of a {c} wall", "with {c} behind {it}")
+# {c}: a color word ({ac}: with its article); {t}, {b}: the gradient's top and bottom colors; {it}: "it" or "them".
+PARAPHRASE_SOLID = ("in front of {ac} wall", "with {c} behind {it}")
 PARAPHRASE_GRADIENT = (
     "in front of a wall shading from {t} at the top to {b} at the bottom",
     "with {t} blending into {b} behind {it}",
@@ -95,7 +95,8 @@ def _object_phrase(rng: np.random.Generator, obj: ObjectSpec) -> tuple[str, str]
 
 def _background_phrase(rng: np.random.Generator, bg: Background, it: str) -> str:
     if bg.kind == "solid":
-        return _choose(rng, PARAPHRASE_SOLID).format(c=_choose(rng, PARAPHRASE_COLORS[bg.top]), it=it)
+        c = _choose(rng, PARAPHRASE_COLORS[bg.top])
+        return _choose(rng, PARAPHRASE_SOLID).format(c=c, ac=_article(c), it=it)
     t, b = _choose(rng, PARAPHRASE_COLORS[bg.top]), _choose(rng, PARAPHRASE_COLORS[bg.bottom])
     return _choose(rng, PARAPHRASE_GRADIENT).format(t=t, b=b, it=it)
 
