@@ -39,3 +39,22 @@ def test_video_to_video_follows_the_input_and_the_prompt(pipe: Pipeline) -> None
     result = run_v2v_eval(pipe, settings, lambda _: None)  # measured 0.998, 1.0, 1.0
     assert result.follow["position_corr"] >= 0.9
     assert result.prompt["color"] >= 0.8 and result.prompt["shape"] >= 0.8
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 21: the shipped model does not meet the viewer eval's goals yet "
+    "(docs/model-card.md, 'As a viewer sees it'); a model that does turns this into a failure to update",
+)
+def test_a_viewer_sees_the_prompted_objects_in_both_wordings(pipe: Pipeline) -> None:
+    """The viewer eval's goals (issue 21) on 10 s streams of the 20 held-out triples, 2 seeds, both wordings
+    (about 9 minutes on a 2-core CPU)."""
+    from framecast.evaluation.viewer import ViewerSettings
+    from framecast.evaluation.viewer_report import run_viewer_eval
+
+    r = run_viewer_eval(pipe, ViewerSettings(), None)
+    o = r.viewer.overall
+    assert o["exact"] >= 0.95 and o["background_clips"] >= 0.95
+    assert o["color"] >= 0.95 and o["shape"] >= 0.9 and o["motion"] >= 0.9
+    assert o["step_ratio"] <= 1.5 and o["change_ratio"] <= 1.5
+    assert all(gap <= 5.0 for gap in r.wording_gap.values()), r.wording_gap
