@@ -26,16 +26,21 @@ def _fast(
     seed: int,
     null: Condition | None = None,
     inputs: list[ChunkInput | None] | None = None,
+    recache: set[int] | None = None,
 ) -> torch.Tensor:
     """The fast path under test, one stream on the engine (the only place this file drives it): the first
-    `chunks` finished latents (chunks, C, cf, H, W). Inputs go in as a queue, so only a prefix of chunks has one."""
+    `chunks` finished latents (chunks, C, cf, H, W). Inputs go in as a queue, so only a prefix of chunks has one.
+    A chunk k in `recache` is a prompt change (`scheduler.recondition`, as `Stream.set_prompt` calls it) made as
+    soon as chunk k is the next to be admitted (`cfg.recache` re-caches)."""
     st = StreamState.create(model.config, cfg, seed, torch.float32, torch.device("cpu"), null)
     given = [i for i in inputs or [] if i is not None]
     assert all(i is not None for i in (inputs or [])[: len(given)]), "inputs of the fast path are a prefix"
     for inp in given:
         scheduler.queue_input(st, inp)
-    den, out = Denoiser(model), list[torch.Tensor]()
+    den, out, changes = Denoiser(model), list[torch.Tensor](), sorted(recache or ())
     while len(out) < chunks:
+        if changes and st.next_chunk == changes[0]:
+            scheduler.recondition(st, conds(changes.pop(0)))
         out += den.step([st], [lambda: conds(st.next_chunk)])[0]
     return torch.stack(out[:chunks])
 
@@ -86,6 +91,16 @@ SCENARIOS: dict[str, tuple[dict, dict, int | None, list[float] | None]] = {
         None,
         [1.0, 0.6, 0.9],
     ),
+    # KV re-cache (`recache`) at the switch: eviction and refresh in the run, guided with context noise and the
+    # re-noise sampler, structured video to video
+    "recache": (dict(text_modulation=True), dict(REFRESH, recache=True), 4, None),
+    "recache_guided_noisy_renoise": (
+        dict(text_modulation=True),
+        dict(REFRESH, recache=True, guidance=3.0, context_noise=0.2, sampler="renoise"),
+        5,
+        None,
+    ),
+    "recache_v2v": (dict(structure_channels=tiny_config().in_channels), dict(REFRESH, recache=True), 3, [0.6, 1.0]),
     "v2v_refiner_guided": (
         dict(structure_channels=tiny_config().in_channels, refiner_channels=8),
         dict(REFRESH, guidance=3.0, context_noise=0.2),
@@ -95,11 +110,13 @@ SCENARIOS: dict[str, tuple[dict, dict, int | None, list[float] | None]] = {
 }
 
 
-Case = tuple[CausalWanDiT, StreamConfig, Callable[[int], Condition], Condition | None, list[ChunkInput | None] | None]
+Case = tuple[
+    CausalWanDiT, StreamConfig, Callable[[int], Condition], Condition | None, list[ChunkInput | None] | None, set[int]
+]
 
 
 def _case(name: str, steps: int, clean_pass: bool) -> Case:
-    """Model, settings, condition of chunk n, empty prompt (guided) and inputs of a scenario."""
+    """Model, settings, condition of chunk n, empty prompt (guided), inputs and re-cache chunks of a scenario."""
     model_kw, stream_kw, switch, strengths = SCENARIOS[name]
     model = tiny_model(**model_kw)
     cfg = StreamConfig(steps=steps, clean_pass=clean_pass, **stream_kw)
@@ -109,7 +126,7 @@ def _case(name: str, steps: int, clean_pass: bool) -> Case:
     inputs = None
     if strengths is not None:  # the first 6 chunks have an input, the rest none: rows mix both
         inputs = _inputs(model, 6, strengths) + [None] * (CHUNKS - 6)
-    return model, cfg, conds, null, inputs
+    return model, cfg, conds, null, inputs, ({switch} if cfg.recache and switch is not None else set())
 
 
 # every step count with and without the clean pass on the window that evicts and refreshes; each other scenario at
@@ -127,11 +144,11 @@ CASES = [("refresh", s, c) for s in (1, 2, 3, 4) for c in (True, False)] + [
     ("name", "steps", "clean_pass"), CASES, ids=[f"{n}-{s}-{'clean' if c else 'noclean'}" for n, s, c in CASES]
 )
 def test_fast_paths_equal_the_reference(name: str, steps: int, clean_pass: bool) -> None:
-    model, cfg, conds, null, inputs = _case(name, steps, clean_pass)
-    want = reference_stream(model, cfg, conds, CHUNKS, SEED, null, inputs)
+    model, cfg, conds, null, inputs, recache = _case(name, steps, clean_pass)
+    want = reference_stream(model, cfg, conds, CHUNKS, SEED, null, inputs, recache)
     assert want.shape == (CHUNKS, *_shape(model)) and torch.isfinite(want).all()
     got = {
-        schedule: _fast(model, dataclasses.replace(cfg, batch_steps=b), conds, CHUNKS, SEED, null, inputs)
+        schedule: _fast(model, dataclasses.replace(cfg, batch_steps=b), conds, CHUNKS, SEED, null, inputs, recache)
         for schedule, b in (("stream batch", True), ("sequential", False))
     }
     torch.testing.assert_close(got, {schedule: want for schedule in got}, rtol=1e-5, atol=1e-5)  # names the schedule

@@ -223,17 +223,20 @@ def _sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sampler", choices=("euler", "renoise"), default=None,
                    help=f"step between noise levels: euler, or renoise (x0 noised afresh, as the distilled "
                         f"checkpoints sample) {model}")
+    p.add_argument("--recache", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"on a prompt change, recompute the cached chunks' keys/values under the new prompt {model}")
 
 
 def _sampling_overrides(a: argparse.Namespace) -> dict[str, Any]:
     """StreamConfig fields set on the command line (--steps, --guidance, --context-noise, --switch-passes,
-    --sampler)."""
+    --sampler, --recache)."""
     named = {
         "steps": a.steps,
         "guidance": a.guidance,
         "context_noise": a.context_noise,
         "switch_passes": a.switch_passes,
         "sampler": a.sampler,
+        "recache": a.recache,
     }
     return {k: v for k, v in named.items() if v is not None}
 

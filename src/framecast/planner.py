@@ -92,10 +92,16 @@ def chunk_tokens(cfg: DiTConfig) -> int:
 
 
 def kv_cache_bytes(cfg: DiTConfig, stream: StreamConfig, dtype: torch.dtype) -> int:
-    """One stream's KV store (stream/cache.py): (2, L, R, S + G, N, heads, head_dim)."""
+    """One stream's KV store (stream/cache.py): (2, L, R, S + G, N, heads, head_dim); with `recache`, also the
+    float32 inputs its ring's chunks are re-cached from (stream/state.py `RecacheStore`: latents, structure inputs
+    and timesteps of S chunks)."""
     stage = 0 if stream.batch_steps else sum(staging_slots(stream.final_pass))
     slots = stream.sink_chunks + stream.window_chunks + stage
-    return 2 * cfg.num_layers * stream.rows * slots * chunk_tokens(cfg) * cfg.dim * size_of(dtype)
+    kv = 2 * cfg.num_layers * stream.rows * slots * chunk_tokens(cfg) * cfg.dim * size_of(dtype)
+    if not stream.recache:
+        return kv
+    latent = (cfg.in_channels + cfg.structure_channels) * cfg.latent_height * cfg.latent_width
+    return kv + stream.cache_chunks * cfg.chunk_frames * (latent + 1) * 4
 
 
 def condition_bytes(cfg: DiTConfig, text_tokens: int, dtype: torch.dtype) -> int:

@@ -18,6 +18,7 @@ Mapping rules (the anchors' code, read for each value):
   is the teacher's, for training).
 - sampler: every one of them steps between its timesteps by predicting x0 and re-noising it to the next timestep
   with fresh noise (`sampler="renoise"`), not by an Euler step.
+- recache: LongLive re-caches its window under the new prompt on a prompt switch (`recache=True`).
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "longlive", "LongLive 1.0, Wan2.1-T2V-1.3B", 3,
-            dict(_EVEN, **_FRESH, window_chunks=2, sink_chunks=1, clean_pass=True, context_noise=0.0, guidance=1.0),
+            dict(_EVEN, **_FRESH, window_chunks=2, sink_chunks=1, clean_pass=True, context_noise=0.0, guidance=1.0,
+                 recache=True),
             files="Wan2.1-T2V-1.3B/ + longlive_base.pt and lora.pt (LoRA rank 256, alpha 256)",
             match=("longlive",),
             source="NVlabs/LongLive@c484b60 (LongLive 1.0; later commits are LongLive 2.0 on Wan2.2-5B): "
@@ -118,8 +120,9 @@ RECIPES: dict[str, Recipe] = {
             "warp_denoising_step, timestep_shift 5, num_frame_per_block 3, local_attn_size 12, sink_size 3, "
             "global_sink, context_noise 0), pipeline/causal_inference.py (cache = local_attn_size latent frames "
             "incl. sink and current block), pipeline/interactive_causal_inference.py (re-cache on a switch)",
-            differs="on a prompt switch the anchor re-encodes the last window under the new prompt (KV re-cache); "
-            "framecast reconditions in flight (switch_passes, blend_chunks)",
+            differs="on a prompt switch the anchor re-runs its last 12 latent frames at t = 0 under the new prompt "
+            "(with global_sink its cache is not cleared first), framecast the final passes of its sink and window "
+            "chunks (recache); the anchor re-caches at once, framecast once the chunks in flight are finished",
         ),
         Recipe(
             "reward-forcing", "Reward Forcing, Wan2.1-T2V-1.3B", 3,
@@ -243,6 +246,7 @@ def describe(r: Recipe) -> str:
     steps = f"timesteps {'/'.join(f'{t:g}' for t in s.timesteps[: s.steps])}" if s.timesteps else f"{s.steps} steps"
     cache = f"{s.sink_chunks} sink + {s.window_chunks} window chunk(s)"
     clean = "t=0 pass writes the cache" if s.clean_pass else "last step's keys cached"
+    clean += ", KV re-cache on a prompt switch" if s.recache else ""
     return (
         f"{r.name:<25}{r.title}\n{'':<25}{steps}, shift {s.shift:g}, {s.sampler} sampler, {r.chunk_frames} latent "
         f"frame(s)/chunk, {cache}, {clean}\n{'':<25}on disk: {r.files}"

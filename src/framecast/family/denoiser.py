@@ -15,8 +15,9 @@ from torch import Tensor
 
 from framecast.family.causal_batch import MaskCache, run_batch
 from framecast.models.dit import CausalWanDiT
-from framecast.stream import scheduler
+from framecast.stream import recache, scheduler
 from framecast.stream.memo import BoundedCache
+from framecast.stream.request import PassRequest, PassResult
 from framecast.stream.state import Condition, StreamState
 
 
@@ -54,6 +55,9 @@ class Denoiser:
             return self._run(states)
 
     def _run(self, states: Sequence[StreamState]) -> list[list[Tensor]]:
+        due = [st for st in states if st.recache is not None and recache.due(st)]
+        if due:  # a prompt change re-caches the ring before its first chunk's first pass (one forward for all)
+            recache.run(due, self._forward, self._head_dim, self._theta)
         reqs = [scheduler.next_request(st, self._head_dim, self._theta) for st in states]
         if self.hooks.before:
             self.hooks.before(len(reqs))
@@ -62,3 +66,6 @@ class Denoiser:
             self.hooks.after(len(reqs))
         self.passes += 1
         return [scheduler.apply_result(st, r) for st, r in zip(states, results, strict=True)]
+
+    def _forward(self, reqs: list[PassRequest]) -> list[PassResult]:
+        return run_batch(self.model, reqs, self._masks)

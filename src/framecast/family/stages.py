@@ -264,6 +264,11 @@ class StagedFamily(CausalFamily):
         """What rank 0 makes (`make()`), on every rank: one broadcast of its shape and one of its data."""
         return self.link.broadcast(make() if self.plan.first else None, 0)  # type: ignore[operator]
 
+    def new_state(self, cfg: StreamConfig, seed: int) -> StreamState:
+        if cfg.recache:
+            raise InputError("recache (KV re-cache on a prompt change) does not run across pipeline stages yet")
+        return super().new_state(cfg, seed)
+
     # -- passes --------------------------------------------------------------------------------------------
     def denoise(self, states: Sequence[StreamState]) -> list[list[Tensor]]:
         """One pass of every stream, micro-batch by micro-batch through this rank's stage; finished latents per

@@ -85,6 +85,21 @@ class RingKV:
         for ring in self.group:
             ring.last, ring.full = chunk, full
 
+    def write_own(self, chunk: int, keys: list[Tensor], values: list[Tensor], row: int, start: int) -> None:
+        """Overwrite the keys/values of `chunk`, already in its slot, in this ring only (not the other rows of its
+        group): per layer (B, N', h, hd), tokens start..start + N of batch row `row`. A re-cache writes so."""
+        s, N, L = self.slot(chunk), self.tokens, self.store.shape[1]
+        assert self.chunks[s] == chunk, f"chunk {chunk} is not in the ring"
+        dst = [self.store[i, j, s] for i in range(2) for j in range(L)]  # (N, h, hd) views
+        torch._foreach_copy_(dst, [t[row, start : start + N] for t in keys + values])
+
+    def drop_staged(self, before: int) -> None:
+        """Forget the staged keys of chunks before `before` (every row of the group): later chunks see those
+        chunks at their final pass, in the ring (after a re-cache)."""
+        for i, (chunk, _) in enumerate(self.staged):
+            if 0 <= chunk < before:
+                self.staged[i] = EMPTY
+
     def ring_slots(self) -> list[int]:
         """Every ring slot in order (`gather` of these is `ring_view`); do not modify."""
         return self._ring_slots

@@ -45,6 +45,13 @@ class StreamConfig:
                     the clean estimate x0 = x - s v noised afresh to s' (CausVid, Self-Forcing and kin), with
                     `steps - 1` noise draws per chunk from the stream's own re-noise generator, made when the
                     chunk is admitted (so both schedules draw the same). The last step gives x0 in both.
+    recache:        on an unblended prompt change, recompute the keys/values of the cached chunks (sinks and
+                    window) under the new prompt (LongLive's KV re-cache): their final passes run again, oldest
+                    first, from the inputs they read, each seeing the re-cached ones before it, before the first
+                    pass of the first chunk of the new prompt; every later chunk sees them at that final pass.
+                    The chunks in flight finish first (the stream batch admits nothing meanwhile), so both
+                    schedules give the same frames. The empty prompt's ring (guidance) stays: its condition did
+                    not change. The stream keeps each cached chunk's input (`StreamState.memory_bytes`).
     """
 
     steps: int = 4
@@ -60,6 +67,7 @@ class StreamConfig:
     context_noise: float = 0.0
     timesteps: tuple[float, ...] = ()
     sampler: str = "euler"
+    recache: bool = False
 
     def __post_init__(self) -> None:
         if not 1 <= self.steps <= MAX_STEPS:
@@ -85,6 +93,8 @@ class StreamConfig:
             raise InputError("context_noise needs clean_pass: only the clean pass reads a finished chunk")
         if self.sampler not in SAMPLERS:
             raise InputError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if not isinstance(self.recache, bool):
+            raise InputError(f"recache must be true or false, got {self.recache!r}")
 
     def _check_timesteps(self) -> None:
         if isinstance(self.timesteps, (str, bytes)) or not isinstance(self.timesteps, (tuple, list)):

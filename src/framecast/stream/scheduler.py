@@ -33,6 +33,7 @@ from torch import Tensor
 from framecast.errors import InputError
 from framecast.models.dit import CrossKV, PastKV
 from framecast.sampling.flow import add_noise, renoise_step
+from framecast.stream import recache
 from framecast.stream.request import PassRequest, PassResult
 from framecast.stream.state import ChunkInput, Condition, InFlight, PassTable, StreamState
 
@@ -65,11 +66,14 @@ def _fresh_noise(state: StreamState) -> Tensor:
 def recondition(state: StreamState, cond: Condition) -> None:
     """Give `cond` to the chunks in flight that have run fewer than `cfg.switch_passes` of their denoising
     passes (a prompt change that should show sooner). Their finished passes stay as they were, and a chunk
-    waiting only for its clean pass keeps its prompt."""
+    waiting only for its clean pass keeps its prompt. With `cfg.recache` the ring is re-cached under `cond`
+    before the next chunk's first pass (`stream.recache`)."""
     below = min(state.cfg.switch_passes, state.cfg.steps)
     for c in state.inflight:
         if c.next_pass < below:
             c.cond = cond
+    if state.recache is not None:
+        recache.switch(state, cond)
 
 
 def queue_input(state: StreamState, inp: ChunkInput) -> None:
@@ -83,14 +87,17 @@ def queue_input(state: StreamState, inp: ChunkInput) -> None:
 
 
 def needs_chunk(state: StreamState) -> bool:
-    """True if the next pass needs a new chunk (call `admit` first)."""
-    return state.cfg.batch_steps or not state.inflight
+    """True if the next pass needs a new chunk (call `admit` first). A stream batch waiting to re-cache lets its
+    chunks in flight finish first."""
+    if not state.inflight:
+        return True
+    return state.cfg.batch_steps and (state.recache is None or not recache.holding(state))
 
 
 def next_request(state: StreamState, head_dim: int, theta: float) -> PassRequest:
     """The stream's next pass as one batch row: every chunk in flight (sequential: the one chunk)."""
     rows = state.inflight
-    tick = state.tick if state.cfg.batch_steps else rows[0].chunk + rows[0].next_pass
+    tick = rows[0].chunk + rows[0].next_pass  # the same for every chunk of a stream batch row
     epoch = state.plan.epoch(tick)
     if epoch != state.ring.epoch:
         for ring in state.rings:
@@ -193,7 +200,10 @@ def _ring_slots(state: StreamState, newest: int) -> tuple[list[int], list[int]]:
 def _sequential_slots(state: StreamState, cur: InFlight) -> tuple[list[int], list[int]]:
     """Ring chunks at their final pass, plus staged chunks n - m at pass j + m for m < final - j."""
     n, j, final, ring = cur.chunk, cur.next_pass, state.cfg.final_pass, state.ring
-    slots = [s for s, c in enumerate(ring.chunks) if 0 <= c <= n - (final - j)]
+    last = n - (final - j)
+    if state.recache is not None:  # chunks before the last re-cache are seen at their final pass
+        last = max(last, state.recache.barrier - 1)
+    slots = [s for s, c in enumerate(ring.chunks) if 0 <= c <= last]
     chunks = [ring.chunks[s] for s in slots]
     for m in range(1, final - j):
         s = ring.staged_at(n - m, j + m)
@@ -211,6 +221,8 @@ def _request(state: StreamState, rows: list[InFlight], tick: int, slots: list[in
     if cfg.context_noise and table.final:
         x = _noised_context(state, x, table.final)
     structure = _structure(rows)
+    if state.recache is not None and table.final:
+        _keep_final_inputs(state, rows[: table.final], x, table.t, structure)
     return PassRequest(
         x=x if R == 1 else x.expand(R, -1, -1, -1, -1),  # guided: the same frames under the empty prompt
         t=table.t,
@@ -224,6 +236,20 @@ def _request(state: StreamState, rows: list[InFlight], tick: int, slots: list[in
         guidance=cfg.guidance,
         structure=structure if structure is None or R == 1 else structure.expand(R, -1, -1, -1, -1),
     )
+
+
+def _keep_final_inputs(
+    state: StreamState, rows: list[InFlight], x: Tensor, t: Tensor, structure: Tensor | None
+) -> None:
+    """Keep what the final passes of the row's first chunks read, by ring slot, for a later re-cache: latents
+    x (1, C, F, H, W) (context noise included), timesteps t (R, F) and the structure input (1, Cs, F, H, W)."""
+    store, cf = state.recache, state.latent_shape[1]
+    assert store is not None
+    for i, r in enumerate(rows):
+        part = slice(i * cf, (i + 1) * cf)
+        store.keep(
+            state.ring.slot(r.chunk), x[0, :, part], t[0, part], None if structure is None else structure[0, :, part]
+        )
 
 
 def _context(state: StreamState, slots: list[int]) -> PastKV | list[PastKV] | None:

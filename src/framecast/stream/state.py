@@ -103,6 +103,52 @@ class NoiseDraws:
 
 
 @dataclass
+class RecacheStore:
+    """What re-caching a stream's ring under a new prompt needs (`StreamConfig.recache`; `stream.recache`): the input
+    the final pass of each ring slot's chunk read, and the prompt change waiting for its re-cache. Float32.
+
+    x:         (S, C, cf, H, W) that input: the finished latent as the clean pass read it (noised to
+               `context_noise` with the noise it drew), or without a clean pass the last step's input.
+    t:         (S, cf) the timesteps of that pass.
+    structure: (S, Cs, cf, H, W) the chunk's structure input (zeros: none), for a model with one; else None.
+    pending:   the new prompt's condition while a re-cache is due, else None.
+    first:     the chunk before whose first pass the due re-cache runs (the first admitted after the change).
+    barrier:   every chunk from the last re-cache's `first` on sees the chunks before it at their re-cached final
+               pass (0: no re-cache yet).
+    """
+
+    x: Tensor
+    t: Tensor
+    structure: Tensor | None
+    pending: Condition | None = None
+    first: int = 0
+    barrier: int = 0
+
+    @classmethod
+    def create(
+        cls, slots: int, shape: tuple[int, int, int, int], structure_channels: int, device: torch.device
+    ) -> RecacheStore:
+        """An empty store for `slots` ring slots of chunks of `shape` (C, cf, H, W)."""
+        C, cf, H, W = shape
+        x = torch.zeros((slots, C, cf, H, W), device=device)
+        structure = torch.zeros((slots, structure_channels, cf, H, W), device=device) if structure_channels else None
+        return cls(x, torch.zeros((slots, cf), device=device), structure)
+
+    def keep(self, slot: int, x: Tensor, t: Tensor, structure: Tensor | None) -> None:
+        """Keep the input (C, cf, H, W), timesteps (cf,) and structure (Cs, cf, H, W) or None of a final pass."""
+        self.x[slot].copy_(x)
+        self.t[slot].copy_(t)
+        if self.structure is not None and structure is not None:
+            self.structure[slot].copy_(structure)
+        elif self.structure is not None:
+            self.structure[slot].zero_()
+
+    def nbytes(self) -> int:
+        parts = [self.x, self.t] + ([] if self.structure is None else [self.structure])
+        return sum(p.numel() * p.element_size() for p in parts)
+
+
+@dataclass
 class StreamMemo:
     """What a stream computes once and reuses: pass tables by pass pattern, schedules by start strength, and
     the per-frame view of the last condition (guided: the prompt's and the empty prompt's rows)."""
@@ -133,6 +179,7 @@ class StreamState:
     renoise: NoiseDraws | None = None  # fresh noise of the re-noise sampler (`StreamConfig.sampler`), steps > 1
     structured: bool = False  # the model takes a structure input: inputs also go in as `InFlight.structure`
     decoder: DecoderState | None = None  # what the autoencoder carries between chunks (None until the first decode)
+    recache: RecacheStore | None = None  # the inputs to re-cache the ring from (`StreamConfig.recache`)
     memo: StreamMemo = field(default_factory=StreamMemo)
 
     @classmethod
@@ -158,9 +205,10 @@ class StreamState:
         renoise = cfg.sampler == "renoise" and cfg.steps > 1
         fresh = NoiseDraws(seed + RENOISE_SEED, shape, device) if renoise else None
         plan = PositionPlan(cfg, mc.chunk_frames, device)
+        store = RecacheStore.create(cfg.cache_chunks, shape, mc.structure_channels, device) if cfg.recache else None
         return cls(
             cfg, plan, rings, NoiseDraws(seed, shape, device), cfg.noise_levels(), shape,
-            null=null, context_noise=ctx, renoise=fresh, structured=mc.structure_channels > 0,
+            null=null, context_noise=ctx, renoise=fresh, structured=mc.structure_channels > 0, recache=store,
         )  # fmt: skip
 
     @property
@@ -169,5 +217,7 @@ class StreamState:
         return self.rings[0]
 
     def memory_bytes(self) -> int:
-        """Bytes of cached keys/values (ring and staging; twice when guided): the part that scales with the model."""
-        return sum(r.nbytes() for r in self.rings)
+        """Bytes of cached keys/values (ring and staging; twice when guided): the part that scales with the model;
+        with `recache`, also the inputs the ring's chunks are re-cached from."""
+        kv = sum(r.nbytes() for r in self.rings)
+        return kv if self.recache is None else kv + self.recache.nbytes()
