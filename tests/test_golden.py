@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from framecast.cli import main
+from framecast.engine.driver import Driver
 from framecast.io.video import VideoWriter
 from framecast.pipeline import Pipeline
 from tests.test_server_support import Client, running
@@ -90,3 +91,19 @@ def test_the_batched_driver_with_three_other_streams(pipe: Pipeline, golden: np.
         k += 1
     diff = np.abs(np.stack(frames[:FRAMES]).astype(np.int16) - golden.astype(np.int16))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (diff.max(), (diff > 0).mean())
+
+
+def test_a_batch_invariant_driver_gives_the_stream_frames_beside_three_others(
+    pipe: Pipeline, golden: np.ndarray
+) -> None:
+    """With `Driver.batch_invariant` (a pass and a decode per stream), bit for bit the stream's own frames."""
+    driver = Driver(pipe.family, batch_invariant=True)
+    stream = pipe.stream(PROMPT, SEED)
+    others = [pipe.stream(p, s) for p, s in OTHERS]
+    frames: list[np.ndarray] = []
+    k = 0
+    while len(frames) < FRAMES:
+        order = others[: k % 4] + [stream] + others[k % 4 :]
+        frames += driver.step(order)[order.index(stream)].frames
+        k += 1
+    np.testing.assert_array_equal(np.stack(frames[:FRAMES]), golden)

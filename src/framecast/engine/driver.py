@@ -32,10 +32,16 @@ Finished = tuple[Stream, Tensor]  # a stream and a latent chunk it finished (fam
 
 
 class Driver:
-    """Steps streams of one model family: prepare inputs, one pass, one decode, emit."""
+    """Steps streams of one model family: prepare inputs, one pass, one decode, emit.
 
-    def __init__(self, family: ModelFamily) -> None:
-        self.family = family
+    `batch_invariant`: run each stream's pass and decode on its own (one call per stream), so that a stream's
+    frames are bit for bit what it gets alone, whatever streams run beside it. Batched kernels round by batch
+    size (CPU conv and padded attention), which otherwise leaves a stream a level of uint8 off now and then; the
+    price is the batching (a call per stream).
+    """
+
+    def __init__(self, family: ModelFamily, batch_invariant: bool = False) -> None:
+        self.family, self.batch_invariant = family, batch_invariant
 
     def step(self, streams: Sequence[Stream], timeout: float = 0.0) -> list[Emitted]:
         """One step of every stream (at most once each); a live input is waited for up to `timeout` s."""
@@ -51,12 +57,18 @@ class Driver:
         running = [s for s, e in zip(streams, out, strict=True) if e.action is Action.RUN]
         if not running:
             return out, []
-        latents = self.family.denoise([s.state for s in running])
+        if self.batch_invariant:
+            latents = [self.family.denoise([s.state])[0] for s in running]
+        else:
+            latents = self.family.denoise([s.state for s in running])
         return out, [(s, lat) for s, lats in zip(running, latents, strict=True) for lat in lats]
 
     def _emit(self, streams: Sequence[Stream], out: list[Emitted], done: list[Finished]) -> None:
         """Steps 4-5: one batched decode, each stream's frames to its `Emitted`."""
-        frames = self.family.decode([s.state for s, _ in done], [lat for _, lat in done])
+        if self.batch_invariant:
+            frames = [self.family.decode([s.state], [lat])[0] for s, lat in done]
+        else:
+            frames = self.family.decode([s.state for s, _ in done], [lat for _, lat in done])
         emitted = {id(s): e for s, e in zip(streams, out, strict=True)}
         for (s, _), chunk in zip(done, frames, strict=True):
             chunk = chunk if s.feed is None else s.feed.emitted(chunk)  # a padding chunk gives none
