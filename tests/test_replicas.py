@@ -115,7 +115,8 @@ def _get(url: str, cookie: str | None) -> tuple[int, dict[str, str], bytes]:
 
 
 def _post(url: str, cookie: str, body: bytes) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Cookie": f"{COOKIE}={cookie}"})
+    headers = {"Cookie": f"{COOKIE}={cookie}", "Content-Type": "application/octet-stream"}
+    req = urllib.request.Request(url, data=body, method="POST", headers=headers)
     try:
         with DIRECT.open(req, timeout=10) as res:
             return res.status, json.loads(res.read())

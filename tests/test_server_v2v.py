@@ -41,7 +41,8 @@ def _mp4(path: Path, clip: np.ndarray) -> Path:
 
 
 def _upload(url: str, token: str, body: bytes) -> httpx.Response:
-    return httpx.post(f"{url}/upload", params={"token": token}, content=body, timeout=30)
+    headers = {"Content-Type": "application/octet-stream"}
+    return httpx.post(f"{url}/upload", params={"token": token}, content=body, headers=headers, timeout=30)
 
 
 def _jpeg(frame: np.ndarray) -> bytes:

@@ -578,12 +578,20 @@ def _eval_v2v(a: argparse.Namespace) -> None:
 
 
 def _serve_args(s: argparse.ArgumentParser) -> None:
+    import os
+
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     s.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     s.add_argument("--max-sessions", type=int, default=8, help="most connected sessions (default: 8)")
     s.add_argument("--fps", type=float, default=None, help="default target fps of a session (default: the model's)")
     s.add_argument("--max-fps", type=float, default=60.0, help="highest fps a client may ask for (default: 60)")
     s.add_argument("--no-admission", action="store_true", help="admit sessions whatever the predicted load")
+    s.add_argument("--allow-origin", action="append", default=None, metavar="ORIGIN",
+                   help="also accept pages of this origin (http://HOST:PORT) and requests to its host; repeatable "
+                        "(default: loopback names only)")
+    s.add_argument("--token", default=os.environ.get("FRAMECAST_TOKEN"),
+                   help="access token for /ws, /upload and /rtc/offer (viewers open /?token=TOKEN); required with a "
+                        "non-loopback --host (default: $FRAMECAST_TOKEN, else none)")
     _model_args(s)
 
 
@@ -592,9 +600,10 @@ def _serve(a: argparse.Namespace) -> None:
     from framecast.server.run import serve
 
     settings = ServerSettings(host=a.host, port=a.port, max_sessions=a.max_sessions, fps=a.fps, max_fps=a.max_fps,
-                              admission=not a.no_admission)
+                              admission=not a.no_admission, allow_origins=tuple(a.allow_origin or ()), token=a.token)
     pipe = _load(a)
-    print(f"framecast: serving on http://{a.host}:{a.port} (Ctrl-C to stop)", file=sys.stderr)
+    query = "/?token=..." if a.token else ""
+    print(f"framecast: serving on http://{a.host}:{a.port}{query} (Ctrl-C to stop)", file=sys.stderr)
     serve(pipe, settings)
 
 

@@ -8,6 +8,7 @@ Everything the server holds lives in the app (`app.state.manager`); nothing is g
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,7 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import ClientDisconnect
 
 from framecast.pipeline import Pipeline
-from framecast.server.logs import log_event
+from framecast.server.guard import Denied, Guard
+from framecast.server.logs import LineLimit, log_event, session_event
 from framecast.server.manager import RefusedError, SessionManager, log
 from framecast.server.protocol import error_json
 from framecast.server.rtc import MAX_OFFER_BYTES, OfferError, RtcHub, parse_offer
@@ -29,6 +31,7 @@ from framecast.server.upload import receive_upload
 from framecast.server.ws import serve_websocket
 
 STATIC = Path(__file__).parent / "static"
+POLICY_VIOLATION = 1008  # WebSocket close code: refused by the Host, Origin or token check
 
 
 class _BodyTooLargeError(Exception):
@@ -67,11 +70,32 @@ def create_app(pipeline: Pipeline, settings: ServerSettings | None = None) -> Fa
     app = FastAPI(title="framecast", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.manager, app.state.rtc, app.state.settings = manager, rtc, settings
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _routes(app, manager, rtc)
+    _routes(app, manager, rtc, Guard.from_settings(settings))
     return app
 
 
-def _routes(app: FastAPI, manager: SessionManager, rtc: RtcHub) -> None:
+def _denied(guard: Guard, conn: Request | WebSocket, manager: SessionManager, lines: LineLimit) -> Denied | None:
+    """The guard's verdict on a request to /ws, /upload or /rtc/offer (counted, and logged within `lines`)."""
+    server = conn.scope.get("server")
+    denied = guard.check(conn.headers, conn.query_params, server[1] if server else None)
+    if denied is not None:
+        manager.metrics.refused.labels(denied.code).inc()
+        session_event(log, lines, "request_refused", logging.WARNING, session="-", code=denied.code, path=conn.url.path)
+    return denied
+
+
+async def _deny_websocket(ws: WebSocket, denied: Denied) -> None:
+    """Refuse a WebSocket at the handshake: an HTTP error with the JSON body where the server can send one."""
+    if "websocket.http.response" in ws.scope.get("extensions", {}):
+        await ws.send_denial_response(JSONResponse(denied.to_json(), status_code=denied.status))
+    else:
+        await ws.close(POLICY_VIOLATION, denied.code)
+
+
+def _routes(app: FastAPI, manager: SessionManager, rtc: RtcHub, guard: Guard) -> None:
+    st = manager.settings
+    lines = LineLimit(st.log_lines, st.log_window_s)  # requests refused by the guard: no session to count them
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
@@ -95,14 +119,20 @@ def _routes(app: FastAPI, manager: SessionManager, rtc: RtcHub) -> None:
 
     @app.websocket("/ws")
     async def websocket(ws: WebSocket) -> None:
+        if (denied := _denied(guard, ws, manager, lines)) is not None:
+            return await _deny_websocket(ws, denied)
         await serve_websocket(ws, manager)
 
     @app.post("/upload")
     async def upload(request: Request, token: str = "") -> JSONResponse:
+        if (denied := _denied(guard, request, manager, lines)) is not None:
+            return JSONResponse(denied.to_json(), status_code=denied.status)
         return await receive_upload(request, manager, token)
 
     @app.post("/rtc/offer")
     async def offer(request: Request) -> Any:
+        if (denied := _denied(guard, request, manager, lines)) is not None:
+            return JSONResponse(denied.to_json(), status_code=denied.status)
         try:
             body = parse_offer(await _read_body(request, MAX_OFFER_BYTES))
         except _BodyTooLargeError:

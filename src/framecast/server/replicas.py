@@ -10,6 +10,7 @@ replica that exits on its own is reported and the others go on serving; nginx ex
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from typing import IO
 
 from framecast.errors import FramecastError, InputError
 from framecast.server.nginx import Nginx, check_port_free, find_nginx, render_http, replica_name
+from framecast.server.settings import ServerSettings
 
 LOOPBACK = "127.0.0.1"
 
@@ -132,6 +134,8 @@ def run_replicas(count: int, host: str, port: int, first_port: int, devices: lis
                  start_timeout_s: float = 600.0) -> None:  # fmt: skip
     """Serve `count` replicas behind nginx on host:port until SIGINT or SIGTERM."""
     _check(count, port, first_port, devices)
+    if "--token" not in serve_args and not os.environ.get("FRAMECAST_TOKEN"):
+        ServerSettings(host=host)  # a non-loopback nginx needs --token: the same one-line error as `serve`
     binary = find_nginx()
     check_port_free(host, port, "--port")
     ports = [first_port + i for i in range(count)]
@@ -144,7 +148,8 @@ def run_replicas(count: int, host: str, port: int, first_port: int, devices: lis
     nginx = Nginx(binary, folder, render_http([(LOOPBACK, p) for p in ports], host, port, str(folder / "access.log")),
                   (host, port))  # fmt: skip
     try:
-        replicas = [start_replica(i, p, devices[i], serve_args) for i, p in enumerate(ports)]
+        front = [*serve_args, *_front_origins(host, port)]  # requests reach the replicas with nginx's Host
+        replicas = [start_replica(i, p, devices[i], front) for i, p in enumerate(ports)]
         wait_ready(replicas, stop, start_timeout_s)
         if not stop.is_set():
             nginx.start()
@@ -158,6 +163,12 @@ def run_replicas(count: int, host: str, port: int, first_port: int, devices: lis
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _say("replicas and nginx stopped")
+
+
+def _front_origins(host: str, port: int) -> list[str]:
+    """`--allow-origin` options for nginx's address (every loopback name when it listens on loopback)."""
+    names = ["127.0.0.1", "localhost", "[::1]"] if host in ("127.0.0.1", "localhost", "::1") else [_url_host(host)]
+    return [x for name in names for x in ("--allow-origin", f"http://{name}:{port}")]
 
 
 def _url_host(host: str) -> str:

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 
 from framecast.errors import InputError
+from framecast.server.origin import parse_origin
 
 MAX_CONTROL_BYTES = 4096  # a control message larger than this is refused with a JSON error
 MAX_PROMPT_CHARS = 500
@@ -36,6 +37,16 @@ class ServerSettings:
     control_rate:    control messages a session may send per second on average (a token bucket) ...
     control_burst:   ... and at once; messages over the limit are dropped (one `rate_limited` error a burst).
     log_lines:       log lines one session may cause per `log_window_s`; the rest are counted and summarised.
+    allow_origins:   origins (http://HOST:PORT) whose pages may use the server, and whose host names it answers
+                     to, besides the loopback ones (`guard.Guard`).
+    token:           the access token `/ws`, `/upload` and `/rtc/offer` require (None: none); required when
+                     `host` is not a loopback address.
+    max_input_pixels: largest video-to-video input frame (width x height), checked before it is decoded.
+    rtc_connect_timeout_s: a WebRTC peer not connected this long after its offer is closed (it holds no
+                     session slot meanwhile) ...
+    max_pending_offers: ... and at most this many wait to connect at once.
+    prompts_per_pass: new prompts (text encodings: starts and prompt changes) the engine applies between two
+                     passes, over all sessions in turn; the others wait for the next pass.
     """
 
     host: str = "127.0.0.1"
@@ -60,6 +71,12 @@ class ServerSettings:
     control_burst: int = 20
     log_lines: int = 20
     log_window_s: float = 10.0
+    allow_origins: tuple[str, ...] = ()
+    token: str | None = None
+    max_input_pixels: int = 1920 * 1080
+    rtc_connect_timeout_s: float = 10.0
+    max_pending_offers: int = 16
+    prompts_per_pass: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -85,6 +102,23 @@ class ServerSettings:
             raise InputError("log_lines must be at least 1 and log_window_s positive")
         if self.ws_max_bytes < MAX_CONTROL_BYTES:
             raise InputError(f"ws_max_bytes must be at least {MAX_CONTROL_BYTES}")
+        if self.max_input_pixels < 64 or not self.rtc_connect_timeout_s > 0:
+            raise InputError("max_input_pixels must be at least 64 and rtc_connect_timeout_s positive")
+        if self.max_pending_offers < 1 or self.prompts_per_pass < 1:
+            raise InputError("max_pending_offers and prompts_per_pass must be at least 1")
+        self._check_access()
+
+    def _check_access(self) -> None:
+        """--allow-origin values must be origins; a non-loopback address needs a token."""
+        for origin in self.allow_origins:
+            parse_origin(origin)
+        if self.token is not None and (not self.token or any(c.isspace() for c in self.token)):
+            raise InputError("--token must be a non-empty string without spaces")
+        if not self.loopback and self.token is None:
+            raise InputError(
+                f"--host {self.host} is not a loopback address, so anyone who reaches it could drive this server: "
+                "give --token SECRET too (viewers open http://HOST:PORT/?token=SECRET)"
+            )
 
     @property
     def replica(self) -> str:

@@ -1,9 +1,11 @@
 """POST /upload?token=TOKEN: a session's video file for video to video (the token is in its hello message).
 
-The body is the raw file (any container PyAV reads), at most `max_upload_mb`. The server names the file
-itself (after the session id) in a temporary folder only it uses, so nothing the client sends becomes a
-path; it opens the file to check that it is a readable video with frames, keeps one file per session (a new
-upload replaces the old one) and deletes it when the session closes. Errors are JSON, as on the WebSocket.
+The body is the raw file (any container PyAV reads), at most `max_upload_mb`, with the content type
+`application/octet-stream` or `video/*` (not one a web page may send cross-origin without asking first).
+The server names the file itself (after the session id) in a temporary folder only it uses, so nothing the
+client sends becomes a path; it opens the file to check that it is a readable video with frames, keeps one file
+per session (a new upload replaces the old one) and deletes it when the session closes. Errors are JSON, as on
+the WebSocket.
 
 Nothing outlives its upload or its session: the body goes to a `.part` file of its own (concurrent uploads
 of one session never share one), deleted on every way out but success (a refusal, a client that disconnects
@@ -37,6 +39,10 @@ async def receive_upload(request: Request, manager: SessionManager, token: str) 
     s = manager.by_token(token)
     if s is None:
         return _error(404, "unknown_token", "no open session has this upload token (it is in the hello message)")
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if kind != "application/octet-stream" and not kind.startswith("video/"):
+        return _error(415, "bad_content_type", f"an upload is the raw video file, sent as application/octet-stream "
+                      f"or video/*, not {kind or 'no content type'!r}")  # fmt: skip
     limit = int(manager.settings.max_upload_mb * 1e6)
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

@@ -6,6 +6,15 @@
 const $ = (id) => document.getElementById(id);
 const HEADER_BYTES = 12; // frame index u32, height u16, width u16, format u8, 3 pad (see server/encode.py)
 const MIME = { 1: "image/jpeg", 2: "image/png" };
+const TOKEN = new URLSearchParams(location.search).get("token"); // the server's access token, if it has one
+
+// A path of this server with the access token (when the page was opened with one) and `params`.
+function api(path, params = {}) {
+  const query = new URLSearchParams(params);
+  if (TOKEN) query.set("access_token", TOKEN);
+  const text = query.toString();
+  return text ? `${path}?${text}` : path;
+}
 
 class Page {
   constructor() {
@@ -70,7 +79,9 @@ class Page {
   async upload() {
     const file = $("file").files[0];
     this.status(`uploading ${file.name}...`);
-    const res = await fetch(`/upload?token=${encodeURIComponent(this.token)}`, { method: "POST", body: file });
+    const type = file.type.startsWith("video/") ? file.type : "application/octet-stream";
+    const res = await fetch(api("/upload", { token: this.token }), { method: "POST", body: file,
+                                                                       headers: { "Content-Type": type } });
     const body = await res.json();
     if (!res.ok) throw new Error(body.message || `upload refused (${res.status})`);
     this.status(`uploaded ${file.name} (${body.size.join("x")}, ${body.fps} fps)`);
@@ -204,7 +215,7 @@ class WsTransport {
   static open(page) {
     return new Promise((resolve, reject) => {
       const proto = location.protocol === "https:" ? "wss" : "ws";
-      const ws = new WebSocket(`${proto}://${location.host}/ws`);
+      const ws = new WebSocket(`${proto}://${location.host}${api("/ws")}`);
       ws.binaryType = "arraybuffer";
       const t = new WsTransport(page, ws);
       ws.onopen = () => resolve(t);
@@ -288,7 +299,7 @@ class RtcTransport {
     t.hasCamera = Boolean(camera);
     await pc.setLocalDescription(await pc.createOffer());
     await RtcTransport.gathered(pc);
-    const res = await fetch("/rtc/offer", {
+    const res = await fetch(api("/rtc/offer"), {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
