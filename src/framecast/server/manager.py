@@ -70,11 +70,20 @@ class SessionManager:
 
     def open(self, transport: str) -> Session:
         """A new session for a connection, or `RefusedError` when the server is full or out of capacity."""
+        s = self.new_session(transport)
+        self.admit(s)
+        return s
+
+    def check_room(self) -> None:
+        """`RefusedError` when one more session would not fit now (`--max-sessions`, or the predicted load)."""
         if len(self.sessions) >= self.settings.max_sessions:
-            self._refuse("full", f"the server is full: {len(self.sessions)} sessions (--max-sessions)")
+            self.refuse("full", f"the server is full: {len(self.sessions)} sessions (--max-sessions)")
         load = self._load_with(self._demand(self.default_fps, self.default_steps), None)
         if load > self.settings.max_utilization:
-            self._refuse("capacity", self._capacity_message(load))
+            self.refuse("capacity", self._capacity_message(load))
+
+    def new_session(self, transport: str) -> Session:
+        """A session that neither counts nor is served until `admit` (a WebRTC peer before it connects)."""
         st = self.settings
         s = Session(
             Outbox(asyncio.get_running_loop(), st.queue_chunks * self.pipeline.frames_per_chunk),
@@ -83,11 +92,22 @@ class SessionManager:
             LineLimit(st.log_lines, st.log_window_s),
         )
         s.outbox.on_message_dropped = lambda count: self._message_dropped(s, count)
+        return s
+
+    def admit(self, s: Session) -> None:
+        """Count and serve a session (`RefusedError` when it does not fit)."""
+        self.check_room()
         self.sessions[s.id] = s
         self.engine.attach(s)
         self._gauges()
-        log_event(log, "session_open", session=s.id, transport=transport, sessions=len(self.sessions))
-        return s
+        log_event(log, "session_open", session=s.id, transport=s.transport, sessions=len(self.sessions))
+
+    def discard(self, s: Session) -> None:
+        """Let go of a session that was never admitted (or `close` it if it was)."""
+        self.close(s)
+        s.outbox.close()
+        if s.live_input is not None:
+            s.live_input.end()
 
     def close(self, s: Session) -> None:
         """End a session (disconnect, close or shutdown): its stream and state are freed by the engine."""
@@ -312,7 +332,7 @@ class SessionManager:
             "try a lower fps or fewer steps, or come back later"
         )
 
-    def _refuse(self, reason: str, message: str) -> None:
+    def refuse(self, reason: str, message: str) -> None:
         self.metrics.refused.labels(reason).inc()
         log_event(log, "session_refused", reason=reason, sessions=len(self.sessions))
         raise RefusedError(reason, message)

@@ -46,7 +46,7 @@ class Metrics:
         )
         for stage in STAGES:
             self.stage_seconds.labels(stage)
-        for state in ("connected", "streaming"):
+        for state in ("connected", "streaming", "connecting"):
             self.sessions.labels(state).set(0)
 
     def pass_done(self, rows: int, forward_s: float, decode_s: float) -> None:

@@ -28,7 +28,7 @@ from av import VideoFrame
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from framecast.server.logs import log_event, session_event
-from framecast.server.manager import SessionManager
+from framecast.server.manager import RefusedError, SessionManager
 from framecast.server.outbox import OutboxClosedError
 from framecast.server.ratemeter import RateMeter
 from framecast.server.session import Session
@@ -38,6 +38,7 @@ log = logging.getLogger("framecast.server.rtc")
 CLOCK = 90_000  # RTP video clock
 TIME_BASE = fractions.Fraction(1, CLOCK)
 MAX_SDP_CHARS = 65536
+REFUSED_LINGER_S = 1.0  # a peer refused when it connected is closed this long after (its refusal goes first)
 MAX_OFFER_BYTES = 2 * MAX_SDP_CHARS  # the JSON body of /rtc/offer: an SDP of at most MAX_SDP_CHARS, escaped
 
 
@@ -133,21 +134,31 @@ class SessionTrack(VideoStreamTrack):
 
 
 class RtcHub:
-    """The peer connections of one server."""
+    """The peer connections of one server.
+
+    A peer holds no session slot until it connects (ICE and DTLS up): its session is admitted then, or refused
+    over its data channel if the server filled up meanwhile. One still not connected `rtc_connect_timeout_s`
+    after its offer is closed; at most `max_pending_offers` wait at once.
+    """
 
     def __init__(self, manager: SessionManager) -> None:
         self.manager = manager
         self.loopback = manager.settings.loopback
         self.peers: dict[RTCPeerConnection, Session] = {}
+        self.pending: dict[RTCPeerConnection, asyncio.Task[None]] = {}  # not connected yet: their expiry
+        self._refusals: dict[RTCPeerConnection, dict[str, Any]] = {}  # refused when they connected
         self._inputs: set[asyncio.Task[None]] = set()  # webcam readers, one per session that sends video
         if self.loopback:
             use_loopback_ice()
 
     async def answer(self, sdp: str) -> dict[str, Any]:
         """Answer a browser's offer with a new session (raises `manager.RefusedError` when there is no room)."""
-        s = self.manager.open("webrtc")
+        self._check_room()
+        s = self.manager.new_session("webrtc")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.peers[pc] = s
+        self.pending[pc] = asyncio.create_task(self._expire(pc, self.manager.settings.rtc_connect_timeout_s))
+        self._gauge()
         meter = RateMeter()
         pc.on("datachannel", lambda ch: self._bind(pc, s, ch, meter))
         pc.on("track", lambda track: self._receive(s, track))
@@ -162,10 +173,47 @@ class RtcHub:
         except Exception:
             await self.end(pc)
             raise
-        log_event(log, "rtc_answer", session=s.id)
+        log_event(log, "rtc_answer", session=s.id, pending=len(self.pending))
         return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": s.id}
 
+    def _check_room(self) -> None:
+        """Refuse an offer now if its session would not fit, or too many peers are waiting to connect."""
+        self.manager.check_room()
+        limit = self.manager.settings.max_pending_offers
+        if len(self.pending) >= limit:
+            self.manager.refuse("full", f"{len(self.pending)} WebRTC peers are waiting to connect (at most {limit}); "
+                                "try again in a few seconds")  # fmt: skip
+
+    async def _expire(self, pc: RTCPeerConnection, timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s)
+        s = self.peers.get(pc)
+        if self.pending.pop(pc, None) is not None and s is not None:
+            log_event(log, "rtc_timeout", logging.WARNING, session=s.id, seconds=timeout_s)
+            self.manager.metrics.refused.labels("rtc_timeout").inc()
+            await self.end(pc)
+
+    def _admit(self, pc: RTCPeerConnection) -> None:
+        """The peer connected: its session counts from now on, or is refused (and closed) when there is no room."""
+        task, s = self.pending.pop(pc, None), self.peers.get(pc)
+        if task is None or s is None:
+            return  # admitted (or refused) already, or gone
+        task.cancel()
+        self._gauge()
+        try:
+            self.manager.admit(s)
+        except RefusedError as e:
+            self._refusals[pc] = self.manager.refusal(e)
+            asyncio.get_running_loop().call_later(REFUSED_LINGER_S, lambda: asyncio.ensure_future(self.end(pc)))
+
+    def _gauge(self) -> None:
+        self.manager.metrics.sessions.labels("connecting").set(len(self.pending))
+
     def _bind(self, pc: RTCPeerConnection, s: Session, channel: Any, meter: RateMeter) -> None:
+        self._admit(pc)  # the channel may open before the state change is seen
+        if pc in self._refusals:  # no room when it connected: say so; it closes shortly
+            _send(channel, self._refusals[pc])
+            return
+
         def on_message(raw: str | bytes) -> None:
             reply = self.manager.handle(s, raw)
             if reply is not None:  # None: over the rate limit, the client was told already
@@ -215,13 +263,20 @@ class RtcHub:
             self.manager.engine.notify()
 
     async def _state_changed(self, pc: RTCPeerConnection) -> None:
-        if pc.connectionState in ("failed", "closed"):
+        if pc.connectionState == "connected":
+            self._admit(pc)
+        elif pc.connectionState in ("failed", "closed"):
             await self.end(pc)
 
     async def end(self, pc: RTCPeerConnection) -> None:
+        task = self.pending.pop(pc, None)
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+        self._gauge()
+        self._refusals.pop(pc, None)
         s = self.peers.pop(pc, None)
         if s is not None:
-            self.manager.close(s)
+            self.manager.discard(s)
         await pc.close()
 
     async def close_all(self) -> None:

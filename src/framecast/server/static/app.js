@@ -297,21 +297,23 @@ class RtcTransport {
     const channel = pc.createDataChannel("control");
     const t = new RtcTransport(page, pc, channel);
     t.hasCamera = Boolean(camera);
-    await pc.setLocalDescription(await pc.createOffer());
-    await RtcTransport.gathered(pc);
-    const res = await fetch(api("/rtc/offer"), {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
-    });
-    const answer = await res.json();
-    if (!res.ok) {
-      pc.close();
-      throw new Error(answer.message || `offer refused (${res.status})`);
+    try {
+      await pc.setLocalDescription(await pc.createOffer());
+      await RtcTransport.gathered(pc);
+      const res = await fetch(api("/rtc/offer"), {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ sdp: pc.localDescription.sdp, type: "offer" }),
+      });
+      const answer = await res.json();
+      if (!res.ok) throw new Error(answer.message || `offer refused (${res.status})`);
+      await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+      await t.opened;
+      return t;
+    } catch (err) {
+      t.abandon(); // the page falls back to the WebSocket: this peer connection must not linger
+      throw err;
     }
-    await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
-    await t.opened;
-    return t;
   }
 
   static gathered(pc) {
@@ -356,6 +358,14 @@ class RtcTransport {
   close() {
     this.channel.close();
     this.pc.close();
+  }
+
+  // Close a connection that never became the page's transport, without telling the page it closed.
+  abandon() {
+    this.channel.onclose = this.channel.onmessage = this.pc.ontrack = null;
+    this.close();
+    $("video").srcObject = null;
+    this.page.rtcAbandoned = (this.page.rtcAbandoned || 0) + 1; // for tests
   }
 }
 
