@@ -20,20 +20,6 @@ UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "conv1"]
 TEXT_TARGETS = ["q_proj", "v_proj"]
 
 
-def _random_lora(model: torch.nn.Module, targets: list[str], seed: int, rank: int = 4) -> dict[str, torch.Tensor]:
-    """A PEFT LoRA on `model`'s target layers with random weights (both factors nonzero); its state dict."""
-    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False)
-    inject_adapter_in_model(config, model)  # PEFT itself (transformers' add_adapter wants a newer PEFT)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    return get_peft_model_state_dict(model)
-
-
 def _adapted(folder: Path, alpha: float) -> tuple[StableDiffusionPipeline, dict[str, torch.Tensor]]:
     """The folder's pipeline with PEFT adapters on its UNet and text encoder (the peer: base + scale B(A(x)),
     unmerged), and the LoRA file's tensors in diffusers' key layout (`unet.<module>.lora_A.weight`, ...)."""
