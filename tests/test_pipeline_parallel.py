@@ -1,9 +1,11 @@
 """Pipeline parallelism on CPU with gloo and 2 ranks on loopback (family/stages.py, engine/parallel.py).
 
 Two ranks give the single-process frames bit for bit: one stream (stream batch, guided, sequential), several
-streams (one micro-batch each, and two streams a micro-batch over an uneven split), the measured split and a
-given one; `torchrun -m framecast generate` writes the single-process MP4's bytes. A rank that is killed or hangs
-ends the other with a clear error inside the timeout.
+streams (one micro-batch each, two streams a micro-batch over an uneven split, three micro-batches, guided and
+sequential streams, streams of one pass and a decode each), the measured split and a given one, with the
+micro-batches circulating across driver steps (rank 0 never waits for a step's velocities before the next step:
+checked after every step); `torchrun -m framecast generate` writes the single-process MP4's bytes. A rank that is
+killed or hangs ends the other with a clear error inside the timeout.
 
 The ranks are subprocesses of this file (`python -m tests.test_pipeline_parallel worker ...`) with the variables
 torchrun sets; every process runs one CPU thread, so the kernels round alike.
@@ -24,6 +26,7 @@ import numpy as np
 import pytest
 import torch
 
+from framecast.engine.driver import Driver
 from framecast.errors import FramecastError
 from framecast.family.causal import CausalFamily
 from framecast.family.stages import StagedFamily, StageTimes, micro_batches, split_blocks
@@ -36,13 +39,19 @@ WORLD = 2
 RUN_S = 420  # bound on a whole two-rank run on a busy 2-core machine
 
 # name: (streams (prompt, seed), stream settings, driver steps, micro-batches, FRAMECAST_PP_BLOCKS ("": measured))
+FOUR = [("a red circle", 0), ("a green triangle", 7), ("a blue square", 2), ("dots", 5)]
 SCENARIOS: dict[str, tuple[list[tuple[str, int]], dict[str, Any], int, int, str]] = {
     "one": ([("a red circle", 0)], {}, 12, 2, ""),
     "guided": ([("a red circle", 3)], {"guidance": 2.0, "context_noise": 0.1}, 9, 2, "2,2"),
     "sequential": ([("a blue square", 1)], {"batch_steps": False}, 20, 2, "3,1"),
-    "two": ([("a red circle", 0), ("a green triangle", 7)], {}, 10, 2, ""),
-    "four": ([("a red circle", 0), ("a green triangle", 7), ("a blue square", 2), ("dots", 5)], {}, 9, 2, "1,3"),
+    "two": (FOUR[:2], {}, 10, 2, ""),
+    "four": (FOUR, {}, 9, 2, "1,3"),
+    "three": (FOUR[:3], {}, 16, 3, "2,2"),  # three micro-batches in circulation, 13 chunks a stream
+    "two-guided": (FOUR[1:3], {"guidance": 2.0, "context_noise": 0.1}, 12, 2, "2,2"),
+    "two-sequential": (FOUR[2:], {"batch_steps": False}, 24, 2, "2,2"),  # admissions foreseen while in flight
 }
+INVARIANT = "two-invariant"  # Driver(batch_invariant=True): a pass and a decode per stream, each its micro-batch
+SCENARIOS[INVARIANT] = (FOUR[:2], {}, 10, 1, "2,2")
 
 
 def _pipe() -> Pipeline:
@@ -56,10 +65,14 @@ def _run(pipe: Pipeline, name: str) -> list[np.ndarray]:
     """Frames (T, H, W, 3) of each stream of a scenario, stepped together by the driver."""
     spec, fields, steps, _, _ = SCENARIOS[name]
     streams = [pipe.stream(prompt, seed, **fields) for prompt, seed in spec]
+    driver = Driver(pipe.family, batch_invariant=name == INVARIANT)
+    fam = pipe.family
     frames: list[list[np.ndarray]] = [[] for _ in streams]
     for _ in range(steps):
-        for i, e in enumerate(pipe.driver.step(streams)):
+        for i, e in enumerate(driver.step(streams)):
             frames[i] += e.frames
+        if isinstance(fam, StagedFamily) and not fam.plan.last:  # every pass of this step still in flight here
+            assert all(fam.in_flight(s.state) for s in streams), name
     return [np.stack(f) for f in frames]
 
 
@@ -98,6 +111,7 @@ def _worker(mode: str, out: Path) -> None:
             assert len(fam.dit.blocks) == fam.plan.stop - fam.plan.start < 4
             assert fam.new_state(pipe.stream_config(), 0).ring.store.shape[1] == len(fam.dit.blocks)
             frames = _run(pipe, name)
+            fam.close()
             if last:
                 np.savez(out / f"{name}.npz", *frames)
     except FramecastError as e:

@@ -11,7 +11,8 @@ frames are the real ones.
 Settings from the environment (torchrun passes it to every rank):
     FRAMECAST_PP_TIMEOUT  seconds any rank waits for another before it ends with an error (default 60)
     FRAMECAST_PP_BLOCKS   blocks per stage, e.g. "2,2" (default: split by measured block times)
-    FRAMECAST_PP_GROUPS   micro-batches a pass of many streams is split into (default: one per stage)
+    FRAMECAST_PP_GROUPS   micro-batches the streams are split into, which circulate across steps (default: one
+                          per stage)
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ def _blocks_from_env(layers: int, world: int) -> tuple[int, ...] | None:
 
 
 def shutdown() -> None:
-    """Leave the process group (after a clean run; after an error the process just ends)."""
+    """Leave the process group after a clean run (after an error the process just ends). A rank before the last
+    finishes its run while its last passes are still on their way (they circulate across steps), so every rank
+    first waits at a barrier for the others to finish theirs."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

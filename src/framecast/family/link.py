@@ -1,8 +1,10 @@
 """Point-to-point links between the stages of a pipeline-parallel DiT over torch.distributed, every wait bounded.
 
     link = Link(rank, world, timeout_s=60.0, device=device, names=["rank 0 (blocks 0-1)", "rank 1 (blocks 2-3)"])
-    link.send(tokens, dst=1)                          # asynchronous (isend); `flush` waits for every send
+    link.send(tokens, dst=1)                          # asynchronous (isend); `flush` waits for the sends
     tokens = link.recv((B, F, P, D), dtype, src=0)    # bounded by `timeout_s`
+    later = link.post((B, C, F, H, W), dtype, src=1, tag=VELOCITY)   # irecv started now ...
+    v = later.wait()                                  # ... waited for (bounded) when it is needed
     emb = link.broadcast(emb_or_none, src=0)          # shape and data from `src` to every rank
 
 A rank that dies shows on its neighbours' next send or receive (gloo: "Connection reset by peer"; NCCL: its own
@@ -30,6 +32,10 @@ from framecast.errors import FramecastError
 
 GRACE_S = 5.0  # the watchdog ends a process this long after a wait's own timeout should have fired
 
+# message kinds (gloo matches a receive with the sends of its tag; NCCL, which ignores tags, in posting order, which
+# the stages keep the same on both sides)
+TOKENS, VELOCITY, COUNTS = 0, 1, 2
+
 
 class StageError(FramecastError):
     """Another rank of the pipeline died, hung or broke its link."""
@@ -43,33 +49,37 @@ class Link:
     ) -> None:
         self.rank, self.world, self.timeout_s, self.device = rank, world, timeout_s, device
         self.names = list(names) if names is not None else [f"rank {r}" for r in range(world)]
-        self._sends: list[tuple[dist.Work, Tensor, int]] = []  # pending isends and the tensors they read
+        self._sends: list[tuple[dist.Work, Tensor, int]] = []  # pending isends and the tensors they read, oldest first
         self._waiting: tuple[float, str] | None = None  # (since, what) of the wait in progress
         self.watchdog = Watchdog(self)
 
-    def send(self, tensor: Tensor, dst: int) -> None:
+    def send(self, tensor: Tensor, dst: int, tag: int = TOKENS) -> None:
         """Start sending `tensor` (contiguous, not modified until `flush`) to rank `dst`."""
         try:
-            work = dist.isend(tensor, dst)
+            work = dist.isend(tensor, dst, tag=tag)
         except RuntimeError as e:
             raise self._error(dst, "sending to", e) from None
         assert work is not None
         self._sends.append((work, tensor, dst))
 
-    def recv(self, shape: Sequence[int], dtype: torch.dtype, src: int) -> Tensor:
-        """A tensor of `shape` and `dtype` from rank `src`."""
+    def post(self, shape: Sequence[int], dtype: torch.dtype, src: int, tag: int = TOKENS) -> Incoming:
+        """Start receiving a tensor of `shape` and `dtype` from rank `src`; `wait()` on the answer gives it."""
         buf = torch.empty(tuple(shape), dtype=dtype, device=self.device)
         try:
-            work = dist.irecv(buf, src)
+            work = dist.irecv(buf, src, tag=tag)
         except RuntimeError as e:
             raise self._error(src, "receiving from", e) from None
         assert work is not None
-        self._wait(work, src, "receiving from")
-        return buf
+        return Incoming(self, work, buf, src)
 
-    def flush(self) -> None:
-        """Wait for every pending send."""
-        sends, self._sends = self._sends, []
+    def recv(self, shape: Sequence[int], dtype: torch.dtype, src: int, tag: int = TOKENS) -> Tensor:
+        """A tensor of `shape` and `dtype` from rank `src`."""
+        return self.post(shape, dtype, src, tag).wait()
+
+    def flush(self, keep: int = 0) -> None:
+        """Wait for every pending send but the `keep` newest (those travel on while this rank works)."""
+        cut = max(0, len(self._sends) - keep)
+        sends, self._sends = self._sends[:cut], self._sends[cut:]
         for work, _, dst in sends:
             self._wait(work, dst, "sending to")
 
@@ -118,6 +128,20 @@ class Link:
         """(seconds, what) of the wait in progress, or None."""
         w = self._waiting
         return None if w is None else (time.monotonic() - w[0], w[1])
+
+
+class Incoming:
+    """A receive in progress (`Link.post`): `wait()` gives its tensor, waiting at most the link's timeout."""
+
+    def __init__(self, link: Link, work: dist.Work, buf: Tensor, src: int) -> None:
+        self.link, self.work, self.buf, self.src = link, work, buf, src
+        self.done = False
+
+    def wait(self) -> Tensor:
+        if not self.done:
+            self.link._wait(self.work, self.src, "receiving from")
+            self.done = True
+        return self.buf
 
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int64, torch.int32, torch.uint8)

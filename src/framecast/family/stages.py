@@ -16,18 +16,24 @@ same scheduling: admissions, pass tables, positions, masks. What differs is the 
 A stream's KV cache lives with the stage that owns its layers: each rank's `StreamState` rings hold only its own
 blocks' keys/values (`StreamState.create` sized by the trimmed `DiTConfig`).
 
-Circulation: `denoise(states)` splits the streams into micro-batches (default: one per stage, at most one per
-stream) and runs them through the stages in turn, so while rank 1 runs micro-batch 0, rank 0 runs micro-batch 1;
-every stream advances one pass per call. A micro-batch is the batch the single-process family would run for
-those streams, so its frames are the single-process frames (tested bit for bit in tests/test_pipeline_parallel.py).
-Within one call the pipeline fills and drains (docs/parallel.md has the model of what that costs).
+Circulation, across steps: `denoise(states)` splits the streams into micro-batches (default: one per stage, at
+most one per stream) and runs them through the stages in turn. A rank before the last does not wait for a
+micro-batch's velocities: it sends the tokens on, posts the receive of the velocities and goes on, with the next
+micro-batch and then, returning to the driver, with the next step. A stream's pass stays in flight there (its
+result is applied, its velocities waited for, just before the stream's next pass), and what the driver asks of it
+meanwhile is answered from the schedule (`needs_chunk`, the count of chunks the pass finishes, their frame
+counts) or deferred until the pass lands (`admit`, `recondition`), each checked when it lands. So while the last
+rank runs micro-batch A of step j and decodes step j's chunks, rank 0 already runs micro-batch B, then A of step
+j + 1: with micro-batches >= stages the stages stay busy. Each stream's passes, admissions and draws run in the
+single-process order, and a micro-batch is the batch the single-process family would run for those streams, so
+the frames are the single-process frames (tested bit for bit in tests/test_pipeline_parallel.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,14 +43,14 @@ from torch import Tensor, nn
 from framecast.errors import InputError
 from framecast.family.causal import CausalFamily
 from framecast.family.causal_batch import MaskCache, run_batch
-from framecast.family.link import Link
+from framecast.family.link import COUNTS, VELOCITY, Incoming, Link, StageError
 from framecast.models.config import DiTConfig
 from framecast.models.dit import CausalWanDiT, CrossKV, DiTOutput, PastKV
 from framecast.stream import scheduler
 from framecast.stream.config import StreamConfig
 from framecast.stream.memo import BoundedCache
-from framecast.stream.request import PassResult
-from framecast.stream.state import Condition, StreamState
+from framecast.stream.request import PassRequest, PassResult
+from framecast.stream.state import ChunkInput, Condition, StreamState
 
 
 @dataclass(frozen=True)
@@ -236,6 +242,17 @@ def micro_batches(states: Sequence[StreamState], groups: int) -> list[list[Strea
     return out
 
 
+@dataclass
+class Flight:
+    """A micro-batch's pass on a rank before the last: sent on, its velocities (one flat tensor) on their way."""
+
+    states: list[StreamState]
+    results: list[PassResult]  # this rank's keys/values; placeholder velocities
+    shapes: list[tuple[int, ...]]  # each stream's velocity (1, C, F, H, W)
+    finishing: list[int]  # chunks each stream's pass finishes (returned to the driver as placeholders)
+    velocities: Incoming
+
+
 class StagedFamily(CausalFamily):
     """The causal family with this rank's stage of the DiT (`ModelFamily`); every rank runs the same driver."""
 
@@ -246,6 +263,10 @@ class StagedFamily(CausalFamily):
         self.plan, self.link, self.groups = plan, link, groups or plan.world
         self.net = StageNet(self.dit, plan, link)
         self._masks: MaskCache = BoundedCache(256)
+        self._flights: dict[int, Flight] = {}  # id(state) -> its pass in flight (ranks before the last)
+        self._after: dict[int, list[Callable[[], None]]] = {}  # id(state) -> what to do once its pass lands
+        self._frames: dict[tuple[bool, int], int] = {}  # (decoder started, latent frames) -> frames a chunk gives
+        self._counts: list[tuple[Incoming, list[tuple[bool, int]]]] = []  # the last rank's frame counts, to check
 
     # -- conditioning and inputs: rank 0 encodes, every rank gets the result ------------------------------
     def _embed(self, text: str) -> Tensor:
@@ -269,57 +290,155 @@ class StagedFamily(CausalFamily):
             raise InputError("recache (KV re-cache on a prompt change) does not run across pipeline stages yet")
         return super().new_state(cfg, seed)
 
+    # -- a stream with a pass in flight: answered from the schedule, or deferred until the pass lands -------
+    def needs_chunk(self, state: StreamState) -> bool:
+        if id(state) not in self._flights:
+            return scheduler.needs_chunk(state)
+        # what scheduler.needs_chunk says once the pass lands (re-cache is refused here): the stream batch always
+        # takes one; a sequential stream when its chunk leaves, i.e. this pass is the final pass of all in flight
+        final = state.cfg.final_pass
+        due = state.cfg.batch_steps or all(r.next_pass == final for r in state.inflight)
+        self._defer(state, lambda: _check(scheduler.needs_chunk(state) == due, "needs_chunk", state))
+        return due
+
+    def admit(self, state: StreamState, cond: Condition, inp: ChunkInput | None = None) -> None:
+        if id(state) in self._flights:
+            self._defer(state, lambda: CausalFamily.admit(self, state, cond, inp))
+        else:
+            super().admit(state, cond, inp)
+
+    def recondition(self, state: StreamState, cond: Condition) -> None:
+        if id(state) in self._flights:
+            self._defer(state, lambda: CausalFamily.recondition(self, state, cond))
+        else:
+            super().recondition(state, cond)
+
+    def in_flight(self, state: StreamState) -> bool:
+        """True when the stream's last pass is on its way through the later stages (ranks before the last)."""
+        return id(state) in self._flights
+
+    def _defer(self, state: StreamState, op: Callable[[], None]) -> None:
+        self._after.setdefault(id(state), []).append(op)
+
+    def _land(self, state: StreamState) -> None:
+        """The stream's pass in flight, if any, lands: its micro-batch's velocities (waited for), every stream of
+        that micro-batch stepped with them, then what the driver asked of each meanwhile, in order."""
+        f = self._flights.get(id(state))
+        if f is None:
+            return
+        parts = f.velocities.wait().split([int(np.prod(s)) for s in f.shapes])
+        for st, r, v, shape, n in zip(f.states, f.results, parts, f.shapes, f.finishing, strict=True):
+            del self._flights[id(st)]
+            done = scheduler.apply_result(st, dataclasses.replace(r, velocity=v.view(shape)))
+            _check(len(done) == n, "the chunks a pass finishes", st)
+            for op in self._after.pop(id(st), []):
+                op()
+
     # -- passes --------------------------------------------------------------------------------------------
     def denoise(self, states: Sequence[StreamState]) -> list[list[Tensor]]:
         """One pass of every stream, micro-batch by micro-batch through this rank's stage; finished latents per
-        stream (every rank gets them: the last stage's velocities come back to all)."""
-        hd, theta = self.dit.config.head_dim, self.dit.config.rope_theta
-        done: list[tuple[StreamState, PassResult]] = []
+        stream: the last rank's own, placeholders of their shape on the others (which decode none), whose passes
+        stay in flight until the stream's next pass."""
         with torch._C._InferenceMode(True):
-            batches = []
-            for group in micro_batches(states, self.groups):
+            if self.plan.last:
+                return self._denoise_last(states)
+            hd, theta = self.dit.config.head_dim, self.dit.config.rope_theta
+            out: dict[int, list[Tensor]] = {}
+            groups = micro_batches(states, self.groups)
+            for group in groups:
+                for st in group:
+                    self._land(st)
                 reqs = [scheduler.next_request(st, hd, theta) for st in group]
-                results = run_batch(self.net, reqs, self._masks)
-                if self.plan.last:
-                    self._share(results)
-                batches.append((group, reqs, results))
-            for group, reqs, results in batches:
-                if not self.plan.last:
-                    results = self._velocities(reqs, results)
-                done += zip(group, results, strict=True)
-            self.link.flush()
-            out = {id(st): scheduler.apply_result(st, r) for st, r in done}
+                results = run_batch(self.net, reqs, self._masks)  # the tokens go on to the next rank
+                flight = self._launch(group, reqs, results)
+                for st, n in zip(group, flight.finishing, strict=True):
+                    out[id(st)] = [_placeholder(st)] * n
+            self.link.flush(keep=len(groups))  # the previous step's sends; this step's travel on
         return [out[id(st)] for st in states]
 
-    def _share(self, results: list[PassResult]) -> None:
-        """The last stage: send the micro-batch's velocities, one flat tensor, to every other rank."""
-        flat = torch.cat([r.velocity.reshape(-1) for r in results]) if len(results) > 1 else results[0].velocity
-        flat = flat.contiguous()
-        for dst in range(self.plan.world - 1):
-            self.link.send(flat, dst)
-
-    def _velocities(self, reqs: list, results: list[PassResult]) -> list[PassResult]:
-        """A stage before the last: its results with the last stage's velocities (1, C, F, H, W) each."""
+    def _launch(self, group: list[StreamState], reqs: list[PassRequest], results: list[PassResult]) -> Flight:
+        """A rank before the last: post the receive of the micro-batch's velocities and keep its pass in flight."""
         c = self.dit.config
         shapes = [(1, c.out_channels, *r.x.shape[2:]) for r in reqs]
-        sizes = [int(np.prod(s)) for s in shapes]
-        flat = self.link.recv((sum(sizes),), torch.float32, self.plan.world - 1)
-        parts = flat.split(sizes)
-        return [dataclasses.replace(r, velocity=p.view(s)) for r, p, s in zip(results, parts, shapes, strict=True)]
+        size = sum(int(np.prod(s)) for s in shapes)
+        incoming = self.link.post((size,), torch.float32, self.plan.world - 1, VELOCITY)
+        # chunks the pass finishes: those at their last denoising step (scheduler._make_table's `emitted`)
+        finishing = [sum(r.next_pass == st.cfg.steps - 1 for r in st.inflight) for st in group]
+        flight = Flight(list(group), results, shapes, finishing, incoming)
+        for st in group:
+            self._flights[id(st)] = flight
+        return flight
+
+    def _denoise_last(self, states: Sequence[StreamState]) -> list[list[Tensor]]:
+        """The last rank: each micro-batch's velocities to every other rank as soon as they are made, and its
+        streams stepped at once."""
+        hd, theta = self.dit.config.head_dim, self.dit.config.rope_theta
+        out: dict[int, list[Tensor]] = {}
+        for group in micro_batches(states, self.groups):
+            reqs = [scheduler.next_request(st, hd, theta) for st in group]
+            results = run_batch(self.net, reqs, self._masks)
+            flat = torch.cat([r.velocity.reshape(-1) for r in results]) if len(results) > 1 else results[0].velocity
+            for dst in range(self.plan.world - 1):
+                self.link.send(flat.contiguous(), dst, VELOCITY)  # received: the others posted it with their tokens
+            for st, r in zip(group, results, strict=True):
+                out[id(st)] = scheduler.apply_result(st, r)
+        self.link.flush()
+        return [out[id(st)] for st in states]
 
     # -- decoding: the last stage ----------------------------------------------------------------------------
     def decode(self, states: Sequence[StreamState], latents: Sequence[Tensor]) -> list[np.ndarray]:
-        """The last stage decodes and tells the others how many frames each chunk gave; they give blank frames of
-        that count (so every rank's driver counts the same frames and stops at the same step)."""
+        """The last stage decodes and sends the others how many frames each chunk gave. They give blank frames of
+        that count at once, from what earlier chunks gave (a chunk's count depends only on whether its stream's
+        decoder has started and on its latent frames: 4 F, or 4 F - 3 first, for Wan's), so they need not wait
+        for this step's decode; they wait for the counts only the first time a kind of chunk comes, and check the
+        others two steps later (so every rank's driver counts the same frames and stops at the same step)."""
         if not latents:
             return []
         if self.plan.last:
             frames = super().decode(states, latents)
             counts = torch.tensor([len(f) for f in frames], dtype=torch.long, device=self.device)
             for dst in range(self.plan.world - 1):
-                self.link.send(counts, dst)
+                self.link.send(counts, dst, COUNTS)
             self.link.flush()
             return frames
-        got = self.link.recv((len(latents),), torch.long, self.plan.world - 1)
+        kinds = []
+        for st, lat in zip(states, latents, strict=True):  # a stream may come twice: its first chunk first
+            kinds.append((st.decoder is not None, int(lat.shape[1])))
+            if st.decoder is None:
+                st.decoder = self.autoencoder.new_decoder_state()  # marks the stream's decoder started (empty)
+        self._counts.append((self.link.post((len(latents),), torch.long, self.plan.world - 1, COUNTS), kinds))
+        self._check_counts(0 if any(k not in self._frames for k in kinds) else 2)
         h, w = self.frame_size
-        return [np.zeros((n, h, w, 3), np.uint8) for n in got.tolist()]  # host sync: at a step's end
+        return [np.zeros((self._frames[k], h, w, 3), np.uint8) for k in kinds]
+
+    def _check_counts(self, keep: int) -> None:
+        """Take in the last rank's frame counts but the `keep` newest: learn each kind's count, or fail clearly when
+        a count is not the one this rank gave."""
+        while len(self._counts) > keep:
+            incoming, kinds = self._counts.pop(0)
+            for kind, n in zip(kinds, incoming.wait().tolist(), strict=True):  # host sync: two steps late
+                if self._frames.setdefault(kind, n) != n:
+                    raise StageError(
+                        f"{self.plan.name(self.plan.rank)}: a chunk decoded to {n} frames on the last rank where "
+                        f"this rank counted {self._frames[kind]} (the autoencoder's frame count is not a function "
+                        "of its started state and latent frames): the ranks' drivers no longer agree"
+                    )
+
+    def close(self) -> None:
+        """Land every pass in flight, check every frame count and wait for every send (before a rank leaves a run
+        while the others go on, or between runs)."""
+        with torch._C._InferenceMode(True):
+            while self._flights:
+                self._land(next(iter(self._flights.values())).states[0])
+        self._check_counts(0)
+        self.link.flush()
+
+
+def _placeholder(state: StreamState) -> Tensor:
+    """A finished latent's stand-in (C, cf, H, W) on a rank that decodes none: zeros, no memory."""
+    return torch.zeros((), device=state.ring.device).expand(state.latent_shape)
+
+
+def _check(ok: bool, what: str, state: StreamState) -> None:
+    if not ok:
+        raise StageError(f"{what} of a stream in flight was foreseen wrongly (tick {state.tick}): a pipeline bug")
