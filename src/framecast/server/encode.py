@@ -1,5 +1,7 @@
 """Frames on the wire (WebSocket): a 12-byte header, then JPEG, PNG or raw RGB bytes.
 
+Webcam frames the client sends are decoded in `pixels` (their size checked first).
+
 Header (network byte order): frame index u32, height u16, width u16, format u8 (1 jpeg, 2 png, 3 raw rgb24),
 3 bytes padding. `raw` and `png` are lossless (tests compare them bit for bit); `jpeg` is the default.
 """
@@ -29,20 +31,6 @@ def encode_frame(image: np.ndarray, index: int, fmt: str = "jpeg", quality: int 
     else:
         Image.fromarray(image).save(buf, format="PNG", compress_level=1)
     return head + buf.getvalue()
-
-
-MAX_INPUT_PIXELS = 4096 * 4096  # a webcam frame larger than this is refused before it is decoded
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """A webcam frame the client sent (JPEG or PNG bytes) -> uint8 (H, W, 3); ValueError when it is not one."""
-    try:
-        img = Image.open(io.BytesIO(data))
-        if img.width * img.height > MAX_INPUT_PIXELS:
-            raise ValueError(f"{img.width}x{img.height} is too large")
-        return np.asarray(img.convert("RGB"))
-    except (OSError, Image.DecompressionBombError) as e:
-        raise ValueError(str(e)) from None
 
 
 def decode_frame(data: bytes) -> tuple[int, np.ndarray]:

@@ -21,16 +21,16 @@ from framecast.errors import InputError
 from framecast.pipeline import Pipeline
 from framecast.sampling.flow import MAX_STEPS
 from framecast.server.capacity import CostModel, Demand
-from framecast.server.encode import decode_image
 from framecast.server.engine_loop import EngineLoop
 from framecast.server.logs import LineLimit, log_event, session_event
 from framecast.server.metrics import Metrics
 from framecast.server.outbox import MAX_MESSAGES, Outbox
+from framecast.server.pixels import decode_webcam_jpeg
 from framecast.server.protocol import ControlError, PromptMsg, StartMsg, StopMsg, error_json, parse_control
 from framecast.server.ratelimit import MessageLimit
 from framecast.server.session import Close, Session, SetPrompt, Start, Stop, StreamParams
 from framecast.server.settings import MAX_CONTROL_BYTES, MAX_PROMPT_CHARS, MAX_SEED, MIN_FPS, ServerSettings
-from framecast.v2v import LiveSource, fit_frame
+from framecast.v2v import LiveSource
 
 log = logging.getLogger("framecast.server")
 
@@ -217,21 +217,25 @@ class SessionManager:
 
     # -- video-to-video input -------------------------------------------------------------------------
     def push_frame(self, s: Session, frame: np.ndarray) -> None:
-        """A webcam frame for the session (any size: fitted to the model's); ignored when no webcam stream runs."""
+        """A webcam frame for the session, fitted to the model's size already (`pixels`); ignored when no webcam
+        stream runs."""
         if s.live_input is not None and not s.live_input.ended:
-            s.live_input.push(fit_frame(frame, self.pipeline.frame_size))
+            s.live_input.push(frame)
             self.engine.notify()
 
-    def handle_binary(self, s: Session, data: bytes) -> dict[str, Any] | None:
+    async def handle_binary(self, s: Session, data: bytes) -> dict[str, Any] | None:
         """A binary message: a webcam frame (JPEG) while a webcam stream runs over the WebSocket, else refused.
-        None when the frame was taken (no reply: frames are not acknowledged)."""
+        None when the frame was taken (no reply: frames are not acknowledged). The frame's size is checked
+        from its header, then it is decoded and fitted in a worker thread, off the event loop."""
         if s.params is None or s.params.source != "webcam" or s.live_input is None or s.live_input.ended:
             return self.handle(s, data)
+        limit, size = self.settings.max_input_pixels, self.pipeline.frame_size
         try:
-            self.push_frame(s, decode_image(data))
+            frame = await asyncio.to_thread(decode_webcam_jpeg, data, limit, size)
         except (ValueError, InputError) as e:
             self.metrics.bad_messages.labels("bad_frame").inc()
             return error_json("bad_frame", f"a binary message must be one JPEG webcam frame: {e}")
+        self.push_frame(s, frame)
         return None
 
     def by_token(self, token: str) -> Session | None:

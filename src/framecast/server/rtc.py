@@ -30,6 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from framecast.server.logs import log_event, session_event
 from framecast.server.manager import RefusedError, SessionManager
 from framecast.server.outbox import OutboxClosedError
+from framecast.server.pixels import too_many, webcam_array
+from framecast.server.protocol import error_json
 from framecast.server.ratemeter import RateMeter
 from framecast.server.session import Session
 from framecast.v2v import LiveSource
@@ -251,16 +253,28 @@ class RtcHub:
         task.add_done_callback(self._inputs.discard)
 
     async def _read_webcam(self, s: Session, track: MediaStreamTrack, source: LiveSource) -> None:
+        limit, size = self.manager.settings.max_input_pixels, self.manager.pipeline.frame_size
         try:
             while not source.ended:
                 frame = await track.recv()
-                if isinstance(frame, VideoFrame):
-                    self.manager.push_frame(s, frame.to_ndarray(format="rgb24"))
+                if not isinstance(frame, VideoFrame):
+                    continue
+                if frame.width * frame.height > limit:  # before its pixels are converted (or kept)
+                    self._oversized(s, source, too_many("the webcam sends frames of", frame.width, frame.height, limit))
+                    return
+                self.manager.push_frame(s, await asyncio.to_thread(webcam_array, frame, size))
         except MediaStreamError:
             source.end("the webcam track ended (the camera was closed or disconnected)")
             session_event(log, s.log, "webcam_ended", session=s.id)
         finally:
             self.manager.engine.notify()
+
+    def _oversized(self, s: Session, source: LiveSource, message: str) -> None:
+        """End a webcam input whose frames are over the pixel limit; the client is told why."""
+        self.manager.metrics.bad_messages.labels("bad_frame").inc()
+        s.outbox.put_message(error_json("bad_frame", f"{message}: send smaller frames (reconnect to use the webcam)"))
+        source.end(message)
+        session_event(log, s.log, "webcam_refused", logging.WARNING, session=s.id, reason="pixels")
 
     async def _state_changed(self, pc: RTCPeerConnection) -> None:
         if pc.connectionState == "connected":

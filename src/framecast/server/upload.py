@@ -28,6 +28,7 @@ from framecast.errors import InputError
 from framecast.io.video import VideoReader
 from framecast.server.logs import log_event, session_event
 from framecast.server.manager import SessionManager, log
+from framecast.server.pixels import TooManyPixelsError, check_video_file
 from framecast.server.protocol import error_json
 
 
@@ -51,12 +52,14 @@ async def receive_upload(request: Request, manager: SessionManager, token: str) 
     part = path.with_name(f"{path.stem}.{secrets.token_hex(4)}.part")
     try:
         size = await _save(request, part, limit)
-        info = await asyncio.to_thread(_probe, part)
+        info = await asyncio.to_thread(_probe, part, manager.settings.max_input_pixels)
         if not manager.is_open(s):  # it closed while the body came in: keep nothing
             return _error(404, "unknown_token", "the session closed during the upload; the file was not kept")
         os.replace(part, path)  # no await from the check to here: the session cannot close in between
     except _TooLargeError:
         return _error(413, "too_large", f"uploads are limited to {limit} bytes")
+    except TooManyPixelsError as e:
+        return _error(413, "too_large", str(e))
     except InputError as e:
         return _error(400, "bad_input", str(e).replace(str(part), "the uploaded file"))
     except ClientDisconnect:
@@ -82,8 +85,10 @@ async def _save(request: Request, part: Path, limit: int) -> int:
     return size
 
 
-def _probe(path: Path) -> dict[str, Any]:
-    """Open the file as `VideoFileSource` will, and read its first frame."""
+def _probe(path: Path, max_pixels: int) -> dict[str, Any]:
+    """Check the frame size the file declares (before decoding any), then open it as `VideoFileSource` will and
+    read its first frame."""
+    check_video_file(path, max_pixels)
     with VideoReader(path) as reader:
         frame = reader.read()
         assert frame is not None  # VideoReader refuses files without frames

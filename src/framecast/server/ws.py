@@ -51,7 +51,10 @@ async def _receive(ws: WebSocket, s: Session, manager: SessionManager) -> None:
             if msg["type"] == "websocket.disconnect":
                 return
             text, data = msg.get("text"), msg.get("bytes")
-            reply = manager.handle(s, text) if isinstance(text, str) else manager.handle_binary(s, bytes(data or b""))
+            if isinstance(text, str):
+                reply = manager.handle(s, text)
+            else:  # a webcam frame: decoded off the event loop, one at a time per session
+                reply = await manager.handle_binary(s, bytes(data or b""))
             if reply is not None:
                 s.outbox.put_message(reply)
             await asyncio.sleep(0)  # messages already received would not yield: let other sessions' sends run
