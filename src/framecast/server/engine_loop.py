@@ -1,8 +1,8 @@
 """The engine loop: one thread runs every session's torch work, batching sessions into shared passes.
 
 Each iteration applies the sessions' pending commands (start, prompt, stop, close; `session.coalesce`: a
-session's last start/stop/close and its last prompt after it, so a prompt flood costs one text encoding per
-session per iteration), picks the sessions
+session's last start/stop/close and its last prompt after it), at most `prompts_per_pass` text encodings of
+them over all sessions in turn (the rest wait for the next iteration), picks the sessions
 that are due (`pacing.pick_due`, earliest deadline first) and runs ONE driver step over all of them
 (`engine.driver`: inputs, one batched pass, one batched decode; each stream its own row: its own prompt,
 steps, seed and warm-up phase), then hands each session's frames to its bounded outbox with their play
@@ -64,6 +64,7 @@ class EngineLoop:
         self._inbox: deque[Session] = deque()
         self._sessions: dict[str, Session] = {}
         self._live: dict[str, Live] = {}
+        self._deferred: dict[str, list[Command]] = {}  # commands over an iteration's encoding budget
         self._wake, self._stop = threading.Event(), threading.Event()
         self._thread: threading.Thread | None = None
         self.passes = 0
@@ -92,6 +93,7 @@ class EngineLoop:
             self._thread.join(timeout)
         self._live.clear()
         self._sessions.clear()
+        self._deferred.clear()
         self.metrics.kv_cache_bytes.set(0)
         if self._threads_before is not None:
             torch.set_num_threads(self._threads_before)
@@ -140,20 +142,28 @@ class EngineLoop:
             if len(waiting) < len(keys):
                 return
             clocks = {k: c for k, c in clocks.items() if k not in waiting}  # they wait for input frames
-        wait = next_ready(clocks, lead) - now
+        wait = 0.0 if self._deferred else next_ready(clocks, lead) - now  # deferred prompts: go on at once
         self._wake.wait(min(max(wait, 0.0), IDLE_WAIT_S))
         self._wake.clear()
 
     def _apply_commands(self) -> None:
+        """Apply the sessions' pending commands, coalesced; at most `prompts_per_pass` of them that encode a
+        prompt (starts and prompt changes), the rest wait for the next iteration. Sessions take turns: one
+        that got an encoding goes to the back of the line, so a flood of prompts from many sessions delays
+        the next pass by `prompts_per_pass` encodings, not one per session."""
         while self._inbox:
             s = self._inbox.popleft()
             self._sessions[s.id] = s
-        applied = False
+        budget, applied = self.settings.prompts_per_pass, False
         for s in list(self._sessions.values()):
-            pending: list[Command] = []
-            while s.commands:  # the event loop may append meanwhile: take what is there now
-                pending.append(s.commands.popleft())
-            for cmd in coalesce(pending):
+            todo = coalesce(self._deferred.pop(s.id, []) + _drain(s.commands))
+            for i, cmd in enumerate(todo):
+                if isinstance(cmd, Start | SetPrompt):
+                    if budget == 0:
+                        self._deferred[s.id] = todo[i:]
+                        break
+                    budget -= 1
+                    self._sessions[s.id] = self._sessions.pop(s.id)  # to the back of the line
                 self._apply(s, cmd)
                 applied = True
         if applied:
@@ -170,6 +180,7 @@ class EngineLoop:
             elif isinstance(cmd, Close):
                 self._live.pop(s.id, None)
                 self._sessions.pop(s.id, None)
+                self._deferred.pop(s.id, None)
         except InputError as e:  # e.g. an uploaded file that cannot be read: this session only
             session_event(log, s.log, "command_failed", logging.WARNING, session=s.id, error=repr(e))
             self._end(s, "bad_input", str(e))
@@ -329,3 +340,11 @@ class EngineLoop:
                     self.cost.observe(units, time.perf_counter() - t0)
         a, b = self.cost.coefficients()
         log_event(log, "calibrated", fixed_ms=round(a * 1000, 2), per_chunk_ms=round(b * 1000, 2))
+
+
+def _drain(commands: deque[Command]) -> list[Command]:
+    """What is in a session's command queue now (the event loop may append meanwhile)."""
+    out: list[Command] = []
+    while commands:
+        out.append(commands.popleft())
+    return out
