@@ -99,14 +99,21 @@ class Page {
 
   // A transport whose session has said hello (its upload token and frame size are known).
   async connect(kind, camera) {
+    let noHello = null;
     const hello = new Promise((resolve, reject) => {
       this.helloSeen = resolve;
       this.helloLost = () => reject(new Error($("status").textContent)); // closed first: keep the server's words
-      setTimeout(() => reject(new Error("the server sent no hello")), 10000);
+      noHello = () => reject(new Error("the server sent no hello"));
     });
     hello.catch(() => {}); // awaited below; no unhandled rejection if opening fails first
-    const transport = await this.open(kind, camera);
-    await hello;
+    const transport = await this.open(kind, camera); // WebRTC first may take its 10 s before the fallback
+    $("set-transport").textContent = transport.kind === "ws" ? "WebSocket" : "WebRTC";
+    const timer = setTimeout(noHello, 10000); // counted from the transport that opened
+    try {
+      await hello;
+    } finally {
+      clearTimeout(timer);
+    }
     return transport;
   }
 
@@ -135,6 +142,7 @@ class Page {
   onHello(msg) {
     this.token = msg.upload_token;
     this.frameSize = msg.frame_size;
+    $("set-session").textContent = `${msg.session} (${msg.frame_size.join("x")})`;
     if (this.helloSeen) this.helloSeen();
     this.status(`connected (${msg.session}, ${msg.frame_size.join("x")})`);
   }
@@ -147,6 +155,9 @@ class Page {
 
   onStarted(msg) {
     this.status(`streaming at ${msg.fps} fps, ${msg.steps} steps, seed ${msg.seed}`);
+    [$("set-fps").textContent, $("set-steps").textContent, $("set-seed").textContent] = [msg.fps, msg.steps, msg.seed];
+    $("set-source").textContent = msg.source;
+    $("set-strength").textContent = msg.source === "none" ? "" : `strength ${msg.strength ?? "auto"}`;
     $("stop").disabled = false;
     $("send-prompt").disabled = false;
   }
@@ -218,8 +229,9 @@ class WsTransport {
       const ws = new WebSocket(`${proto}://${location.host}${api("/ws")}`);
       ws.binaryType = "arraybuffer";
       const t = new WsTransport(page, ws);
-      ws.onopen = () => resolve(t);
-      ws.onerror = () => reject(new Error("WebSocket connection failed"));
+      ws.onopen = () => { t.isOpen = true; resolve(t); };
+      ws.onerror = () => reject(new Error("WebSocket connection refused or failed (a server started with --token " +
+                                          "needs the page opened as /?token=...)"));
     });
   }
 
@@ -231,7 +243,7 @@ class WsTransport {
     $("video").hidden = true;
     $("canvas").hidden = false;
     ws.onmessage = (e) => (typeof e.data === "string" ? page.onMessage(JSON.parse(e.data)) : this.frame(e.data));
-    ws.onclose = (e) => page.onClosed(e.reason || "connection closed");
+    ws.onclose = (e) => this.isOpen && page.onClosed(e.reason || "connection closed"); // never opened: onerror says why
     this.timer = null;
   }
 
