@@ -93,7 +93,8 @@ class ImageFamily:
         self.conditioner: Conditioner[Any] = Conditioner(self._embed, self._cross)
         self.scale = vae_scale(self.vae)
         self.latent_shape = self._latent_shape()
-        self._negative = self.prompts.negative(self.settings.negative_prompt)
+        neg_hidden, neg_pooled = self.prompts.negative(self.settings.negative_prompt)  # once, on the device
+        self._negative = (neg_hidden.to(self.device, self.dtype), _to(neg_pooled, self))
         vcfg = self.vae.config
         self.vae_factor = float(vcfg.get("scaling_factor", 1.0))
         self.tiny = "upsampling_scaling_factor" in vcfg
@@ -315,7 +316,7 @@ class ImageFamily:
         n = neg_hidden.numel()
         hidden = flat[:n].view_as(neg_hidden).to(self.device, self.dtype)
         pooled = None if neg_pooled is None else flat[n:].to(self.device, self.dtype)
-        return ImageCondition(hidden, pooled, neg_hidden.to(self.device, self.dtype), _to(neg_pooled, self))
+        return ImageCondition(hidden, pooled, neg_hidden, neg_pooled)
 
 
 def _to(t: Tensor | None, fam: ImageFamily) -> Tensor | None:
